@@ -1,0 +1,2 @@
+"""torch.library ops in the `nvfp4` namespace. Importing this package registers all of them."""
+from . import source  # noqa: F401
