@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Install what the project needs, without ever letting pip pull a CUDA build of torch:
+# torch is installed first and pinned (the CPU 2.13.0 wheel on a fresh CPU machine); a machine that already
+# has torch >= 2.11 (e.g. the GPU machine's 2.11+cu130) keeps it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+if ! "$PY" -c "import torch, sys; v=tuple(int(p) for p in torch.__version__.split('+')[0].split('.')[:2]); sys.exit(0 if v >= (2, 11) else 1)" 2>/dev/null; then
+  "$PY" -m pip install -q "torch==2.13.0"
+fi
+if ! "$PY" -c "import nvfp4_compile, pytest, expecttest, safetensors" 2>/dev/null \
+   || ! "$PY" -c "import importlib.metadata as m; assert any(e.name == 'nvfp4_marlin' for e in m.entry_points(group='torch_dynamo_backends'))" 2>/dev/null; then
+  # --no-build-isolation: build against the torch above; --no-deps then the small deps by name,
+  # so nothing can resolve `torch` again.
+  "$PY" -m pip install -q --no-build-isolation --no-deps -e .
+  "$PY" -m pip install -q "safetensors>=0.4" "pytest>=7" "expecttest>=0.2"
+fi
