@@ -8,10 +8,14 @@ PY=${PYTHON:-python3}
 if ! "$PY" -c "import torch, sys; v=tuple(int(p) for p in torch.__version__.split('+')[0].split('.')[:2]); sys.exit(0 if v >= (2, 11) else 1)" 2>/dev/null; then
   "$PY" -m pip install -q "torch==2.13.0"
 fi
-if ! "$PY" -c "import nvfp4_compile, pytest, expecttest, safetensors" 2>/dev/null \
+if ! "$PY" -c "import nvfp4_compile" 2>/dev/null \
    || ! "$PY" -c "import importlib.metadata as m; assert any(e.name == 'nvfp4_marlin' for e in m.entry_points(group='torch_dynamo_backends'))" 2>/dev/null; then
   # --no-build-isolation: build against the torch above; --no-deps then the small deps by name,
   # so nothing can resolve `torch` again.
   "$PY" -m pip install -q --no-build-isolation --no-deps -e .
-  "$PY" -m pip install -q "safetensors>=0.4" "pytest>=7" "expecttest>=0.2"
 fi
+# Small pure-Python deps by name, only those missing (the GPU machine has no network but has most of them;
+# a carried wheel in .wheels/ is used first). transformers is for the tests on real model code.
+for spec in "safetensors>=0.4:safetensors" "pytest>=7:pytest" "expecttest>=0.2:expecttest" "transformers>=5:transformers"; do
+  "$PY" -c "import ${spec##*:}" 2>/dev/null || "$PY" -m pip install -q --find-links .wheels "${spec%%:*}"
+done
