@@ -1,2 +1,3 @@
 """torch.library ops in the `nvfp4` namespace. Importing this package registers all of them."""
 from . import source  # noqa: F401
+from . import moe  # noqa: F401

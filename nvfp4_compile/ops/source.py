@@ -167,7 +167,8 @@ def relu2_value(x: torch.Tensor) -> torch.Tensor:
     return relu2_fp32(x).to(x.dtype)
 
 
-def _register(name: str, schema: str, reference, fake) -> None:
+def define_op(name: str, schema: str, reference, fake) -> None:
+    """Define nvfp4::<name> with one reference kernel for cpu and cuda and a fake kernel."""
     qualname = f"nvfp4::{name}"
     torch.library.define(qualname, schema)
     torch.library.impl(qualname, ("cpu", "cuda"), reference)
@@ -196,7 +197,7 @@ def _quantize_meta(x, global_scale, swizzled=True):
     return _quantize_fake(x, swizzled)
 
 
-_register(
+define_op(
     "quantize",
     "(Tensor x, Tensor global_scale, bool swizzled=True) -> (Tensor x_fp4, Tensor x_sf)",
     _quantize,
@@ -230,7 +231,7 @@ def _dequantize_meta(x_fp4, x_sf, global_scale, dtype=torch.bfloat16, swizzled=F
     return x_fp4.new_empty((*x_fp4.shape[:-1], k), dtype=dtype)
 
 
-_register(
+define_op(
     "dequantize",
     f"(Tensor x_fp4, Tensor x_sf, Tensor global_scale, ScalarType dtype={_BF16_SCALAR_TYPE}, "
     "bool swizzled=False) -> Tensor",
@@ -279,7 +280,7 @@ def _gemm_meta(a_fp4, b_fp4, a_sf, b_sf, alpha, out_dtype, swizzled=True):
     return a_fp4.new_empty((*a_fp4.shape[:-1], b_fp4.shape[0]), dtype=out_dtype)
 
 
-_register(
+define_op(
     "gemm",
     "(Tensor a_fp4, Tensor b_fp4, Tensor a_sf, Tensor b_sf, Tensor alpha, ScalarType out_dtype, "
     "bool swizzled=True) -> Tensor",
@@ -316,7 +317,7 @@ def _rms_norm_quant_meta(x, weight, global_scale, eps, swizzled=True):
     return _quantize_fake(x, swizzled)
 
 
-_register(
+define_op(
     "rms_norm_quant",
     "(Tensor x, Tensor weight, Tensor global_scale, float eps, bool swizzled=True) -> (Tensor x_fp4, Tensor x_sf)",
     _rms_norm_quant,
@@ -349,7 +350,7 @@ def _add_rms_norm_quant_meta(x, residual, weight, global_scale, eps, swizzled=Tr
     return x_fp4, torch.empty_like(x), x_sf
 
 
-_register(
+define_op(
     "add_rms_norm_quant",
     "(Tensor x, Tensor residual, Tensor weight, Tensor global_scale, float eps, bool swizzled=True) "
     "-> (Tensor x_fp4, Tensor residual_out, Tensor x_sf)",
@@ -382,7 +383,7 @@ def _silu_and_mul_quant_meta(x, global_scale, swizzled=True):
     return _quantize_fake(x.new_empty((*x.shape[:-1], x.shape[-1] // 2)), swizzled)
 
 
-_register(
+define_op(
     "silu_and_mul_quant",
     "(Tensor x, Tensor global_scale, bool swizzled=True) -> (Tensor x_fp4, Tensor x_sf)",
     _silu_and_mul_quant,
@@ -403,7 +404,7 @@ def _relu2_quant_meta(x, global_scale, swizzled=True):
     return _quantize_fake(x, swizzled)
 
 
-_register(
+define_op(
     "relu2_quant",
     "(Tensor x, Tensor global_scale, bool swizzled=True) -> (Tensor x_fp4, Tensor x_sf)",
     _relu2_quant,
