@@ -21,8 +21,8 @@ _TIES_UP = (0.75, 1.75, 3.5)  # midpoints whose upper neighbour has the even cod
 def e2m1_encode(x: torch.Tensor) -> torch.Tensor:
     """Round float values to E2M1 codes (uint8 in 0..15): RNE, saturating at +-6, sign kept for -0.
 
-    NaN has no E2M1 code and raises; +-inf saturates like any value above 6 would not be silently
-    produced by our quantizer (it rejects inf first), so it is rejected here too.
+    E2M1 has no inf or NaN: both raise (rather than inf silently saturating to +-6), matching the
+    quantizer, which rejects them before encoding.
     """
     if x.is_floating_point() and not torch.isfinite(x).all():
         raise ValueError("e2m1_encode: input contains inf or NaN; E2M1 has no code for them")
