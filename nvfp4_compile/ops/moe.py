@@ -81,8 +81,11 @@ def _check_fused_moe(x, topk_ids, topk_weights, w13, w13_sf, w13_gs, w2, w2_sf, 
     return e, inter, w4a4
 
 
-def _per_expert(a_gs: torch.Tensor, e: int) -> torch.Tensor:
-    return a_gs.float().reshape(-1).expand(e) if a_gs.numel() == 1 else a_gs.float()
+def _per_expert(name: str, a_gs: torch.Tensor, e: int) -> torch.Tensor:
+    """[E] decode scales from a scalar or [E] argument; data-dependent check, so reference kernel only."""
+    if not bool((a_gs > 0).all()) or not bool(torch.isfinite(a_gs).all()):
+        raise ValueError(f"nvfp4::{OP}: {name} (decode) must be positive and finite, got {a_gs.tolist()}")
+    return a_gs.reshape(-1).expand(e) if a_gs.numel() == 1 else a_gs
 
 
 def _fake_quant(x: torch.Tensor, decode_scale: torch.Tensor) -> torch.Tensor:
@@ -100,7 +103,7 @@ def _fused_moe(x, topk_ids, topk_weights, w13, w13_sf, w13_gs, w2, w2_sf, w2_gs,
         bad = ids[(ids < 0) | (ids >= e)]
         raise ValueError(f"nvfp4::{OP}: topk_ids holds expert ids outside [0, {e}): {bad.unique().tolist()[:8]}")
     if w4a4:
-        a13, a2 = _per_expert(a13_gs, e), _per_expert(a2_gs, e)
+        a13, a2 = _per_expert("a13_gs", a13_gs, e), _per_expert("a2_gs", a2_gs, e)
     act = ACTIVATIONS[activation]
     out = torch.zeros(x.shape, dtype=torch.float32, device=x.device)
     # One pass per expert that received tokens: gather its (token, slot) pairs, run both GEMMs on them.
