@@ -29,7 +29,9 @@ def quantize_nvfp4_encoded(x: torch.Tensor, encode_scale: torch.Tensor):
     g = encode_scale.float().reshape(()).to(x.device)
     blocks = xf.reshape(*x.shape[:-1], x.shape[-1] // BLOCK_SIZE, BLOCK_SIZE)
     amax = blocks.abs().amax(dim=-1)
-    block_scale = to_e4m3(amax / E2M1_MAX * g)
+    # Divide by a tensor, not a Python float: CUDA turns division by a CPU scalar into multiplication by
+    # its rounded reciprocal, which flips block scales against the CPU (and the spec's amax / 6).
+    block_scale = to_e4m3(amax / amax.new_tensor(E2M1_MAX) * g)
     s = block_scale.float().unsqueeze(-1)
     # Divide (as ModelOpt does) rather than multiply by a reciprocal; zero-scale blocks encode as zero.
     scaled = torch.where(s > 0, blocks * g / torch.where(s > 0, s, torch.ones_like(s)), torch.zeros_like(blocks))

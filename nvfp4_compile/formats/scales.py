@@ -17,7 +17,8 @@ GLOBAL_AMAX_DIVISOR = E4M3_MAX * E2M1_MAX  # 2688
 def decode_scale_from_amax(amax: torch.Tensor) -> torch.Tensor:
     """Per-tensor decode scale amax/2688 in FP32; amax == 0 gives 1.0 (nothing to scale)."""
     amax = amax.float()
-    return torch.where(amax > 0, amax / GLOBAL_AMAX_DIVISOR, torch.ones_like(amax))
+    # A tensor divisor keeps CUDA from multiplying by a rounded 1/2688 (see quant.py).
+    return torch.where(amax > 0, amax / amax.new_tensor(GLOBAL_AMAX_DIVISOR), torch.ones_like(amax))
 
 
 def decode_to_encode(decode_scale: torch.Tensor) -> torch.Tensor:

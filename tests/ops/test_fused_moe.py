@@ -263,3 +263,17 @@ def test_non_positive_activation_scale_raises(bad):
     args[ARG["a2_gs"]] = torch.tensor([1.0, 1.0, bad, 1.0])
     with pytest.raises(ValueError, match="a2_gs .decode. must be positive and finite"):
         ops.fused_moe(*args)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("w4a4", [False, True], ids=["w4a16", "w4a4"])
+def test_cuda_reference_kernel_matches_cpu(randn, randint, w4a4):
+    x = randn(9, H)
+    ids, weights = routing(randint, randn, 9, 2)
+    experts = make_experts(randn, "silu")
+    args = moe_args(x, ids, weights, experts, activation_scales(x, experts, "silu") if w4a4 else None, "silu")
+    cpu = ops.fused_moe(*args)
+    gpu = ops.fused_moe(*[a.cuda() if isinstance(a, torch.Tensor) else a for a in args])
+    assert gpu.is_cuda
+    torch.testing.assert_close(gpu.cpu(), cpu, rtol=1e-5, atol=1e-5 * float(cpu.abs().max()))

@@ -368,3 +368,37 @@ def test_compile_time_error_names_the_tensor(randn):
 
     with pytest.raises(Exception, match="K mismatch: a_fp4"):
         torch.compile(f, backend="aot_eager", fullgraph=True)(randn(4, 64))
+
+
+# ------------------------------------------------------------------------------------------ CUDA vs CPU
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_reference_kernels_match_cpu(randn):
+    x = randn(3, 70, 64, dtype=torch.bfloat16, scale=3.0)
+    b = randn(40, 64, seed=1)
+    g = torch.tensor(30.0)
+
+    def both(op, *args):
+        cuda_args = [a.cuda() if isinstance(a, torch.Tensor) else a for a in args]
+        cpu, gpu = op(*args), op(*cuda_args)
+        cpu, gpu = (cpu, gpu) if isinstance(cpu, tuple) else ((cpu,), (gpu,))
+        assert all(t.is_cuda for t in gpu)
+        return cpu, tuple(t.cpu() for t in gpu)
+
+    # Elementwise math and quantization are bit-identical across devices.
+    for op, args in [(ops.quantize, (x, g, True)), (ops.relu2_quant, (x, g, False)),
+                     (ops.silu_and_mul_quant, (x, g, True)), (ops.dequantize, (*ops.quantize(x, g, True), 1 / g,
+                                                                                torch.float32, True))]:
+        cpu, gpu = both(op, *args)
+        assert all(same_bytes(c, d) for c, d in zip(cpu, gpu)), op
+    # Reductions (the norm's mean, the GEMM's sums) may be ordered differently: compare values.
+    cpu, gpu = both(ops.rms_norm_quant, x, torch.ones(64, dtype=torch.bfloat16), g, 1e-6, False)
+    deq = [ops.dequantize(fp4, sf, 1 / g, torch.float32) for fp4, sf in (cpu, gpu)]
+    torch.testing.assert_close(deq[1], deq[0], rtol=0.2, atol=0.05)
+    assert float((deq[1] != deq[0]).float().mean()) < 0.01
+    a_fp4, a_sf = ops.quantize(x, g, True)
+    b_fp4, b_sf = ops.quantize(b, g, True)
+    cpu, gpu = both(ops.gemm, a_fp4, b_fp4, a_sf, b_sf, 1 / (g * g), torch.float32, True)
+    torch.testing.assert_close(gpu[0], cpu[0], rtol=1e-5, atol=1e-5 * float(cpu[0].abs().max()))
