@@ -3,11 +3,7 @@
 `calibrate(model, calib_inputs)` runs sample inputs through the (unquantized) model and records, with
 forward hooks, the largest |activation| entering every nn.Linear and, for stacked-expert modules, the
 largest |x| routed to each expert and the largest |act(x W13^T)| entering each expert's down projection.
-
-Without calibration the input scale is DEFAULT_INPUT_SCALE = 1.0 (as if amax = 2688): the encode scale is
-then 1, so a block scale is amax_block / 6 itself. E4M3 keeps its full 3-bit mantissa for block amax in
-[6 * 2^-6, 2688] ~ [0.094, 2688], which covers typical normalized hidden states; calibration matters for
-activations far outside that range.
+Without calibration modules use quant_state.DEFAULT_INPUT_SCALE (1.0; the comment there says why).
 """
 from __future__ import annotations
 
@@ -16,18 +12,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from ..formats import decode_scale_from_amax
-from .quant_state import stable_decode_scale
-
-DEFAULT_INPUT_SCALE = 1.0
-
-
-def input_scale_from_amax(amax, shape=()) -> torch.Tensor:
-    """Decode input scale amax/2688 (FP32, broadcast to `shape`); None -> DEFAULT_INPUT_SCALE."""
-    if amax is None:
-        return torch.full(shape, DEFAULT_INPUT_SCALE, dtype=torch.float32)
-    amax = torch.as_tensor(amax, dtype=torch.float32).detach().cpu()
-    return stable_decode_scale(decode_scale_from_amax(amax)).expand(shape).clone()
+from .experts import describe_experts, float_activation, is_experts_module
+from .quant_state import DEFAULT_INPUT_SCALE  # noqa: F401  re-exported: the scale used without calibration
 
 
 @dataclass
@@ -53,8 +39,6 @@ def _running_max(store: dict, key, value: torch.Tensor) -> None:
 
 def _expert_amax(info, hidden, top_k_index):
     """Per-expert amax of the routed inputs and of the down-projection inputs, from the float weights."""
-    from .experts import float_activation
-
     e = info.num_experts
     a13, a2 = torch.zeros(e), torch.zeros(e)
     x = hidden.float()
@@ -77,8 +61,6 @@ def calibrate(model: nn.Module, calib_inputs) -> Calibration:
     Experts that no calibration token was routed to get the largest amax of their module's other
     experts (0 if none was hit; input_scale_from_amax maps 0 to 1.0).
     """
-    from .experts import describe_experts, is_experts_module
-
     result = Calibration()
     handles = []
 
@@ -106,13 +88,13 @@ def calibrate(model: nn.Module, calib_inputs) -> Calibration:
             except ValueError:
                 continue  # quantize_model reports why it is skipped
             handles.append(module.register_forward_pre_hook(experts_hook(name, info), with_kwargs=True))
+    was_training = model.training
+    model.eval()
     try:
-        was_training = model.training
-        model.eval()
         for inp in calib_inputs:
             _call(model, inp)
-        model.train(was_training)
     finally:
+        model.train(was_training)
         for h in handles:
             h.remove()
     for name, (a13, a2) in result.experts.items():

@@ -12,10 +12,10 @@ from fnmatch import fnmatch
 from torch import nn
 
 from ..formats import BLOCK_SIZE
-from .calibrate import DEFAULT_INPUT_SCALE, calibrate
+from .calibrate import calibrate
 from .experts import NVFP4Experts, describe_experts, is_experts_module
 from .linear import NVFP4Linear
-from .quant_state import check_act
+from .quant_state import DEFAULT_INPUT_SCALE, check_act
 from .report import ConversionReport
 
 DEFAULT_SKIP = ("lm_head", "mlp.gate", "*router*")

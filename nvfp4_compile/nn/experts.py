@@ -20,8 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from ..formats import BLOCK_SIZE
-from .calibrate import input_scale_from_amax
-from .quant_state import QuantizedBuffers, check_act, quantize_weight
+from .quant_state import QuantizedBuffers, check_act, input_scale_from_amax, quantize_weight
 
 ACTIVATIONS = ("silu", "relu2")  # silu: gated SwiGLU; relu2: non-gated relu(x)^2
 _GATED = {"silu": True, "relu2": False}

@@ -12,6 +12,7 @@ Buffers (ModelOpt checkpoint names, so a ModelOpt state dict loads as is):
 act="nvfp4" (W4A4): quantize x with g = 1/input_scale, nvfp4::gemm with alpha = input_scale * weight_scale_2.
 act="bf16"  (W4A16): F.linear(x, nvfp4::dequantize(weight, ...)).
 Both forwards are plain tensor code (no .item(), no data-dependent branches), so Dynamo captures them whole.
+`dtype` is the bias dtype; the output takes x's dtype.
 """
 from __future__ import annotations
 
@@ -20,8 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..formats import BLOCK_SIZE, swizzle_scales
-from .calibrate import input_scale_from_amax
-from .quant_state import QuantizedBuffers, check_act, quantize_weight
+from .quant_state import QuantizedBuffers, check_act, input_scale_from_amax, quantize_weight
 
 
 def check_in_features(in_features: int, what: str = "NVFP4Linear") -> None:

@@ -27,6 +27,21 @@ def stable_decode_scale(d: torch.Tensor) -> torch.Tensor:
     return 1.0 / (1.0 / d)
 
 
+# Input (activation) decode scale used when no calibration data is given: the encode scale is then 1, so
+# a block scale is amax_block / 6 itself. E4M3 keeps its full 3-bit mantissa for block amax in
+# [6 * 2^-6, 2688] ~ [0.094, 2688], which covers typical normalized hidden states; calibrate
+# (nn.calibrate) for activations far outside that range.
+DEFAULT_INPUT_SCALE = 1.0
+
+
+def input_scale_from_amax(amax, shape=()) -> torch.Tensor:
+    """Decode input scale amax/2688 (FP32, convention-stable, broadcast to `shape`); None -> DEFAULT_INPUT_SCALE."""
+    if amax is None:
+        return torch.full(shape, DEFAULT_INPUT_SCALE, dtype=torch.float32)
+    amax = torch.as_tensor(amax, dtype=torch.float32).detach().cpu()
+    return stable_decode_scale(decode_scale_from_amax(amax)).expand(shape).clone()
+
+
 def quantize_weight(w: torch.Tensor, what: str = "weight"):
     """quantize_nvfp4 with the per-tensor scale from w's amax, made convention-stable.
     Returns (packed uint8, block scales e4m3, decode scale fp32 scalar)."""
