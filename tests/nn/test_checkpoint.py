@@ -132,6 +132,23 @@ def test_sources_dict_and_single_file(tmp_path, randn, x):
     assert torch.equal(from_file(x), want)
 
 
+def test_directory_with_several_shards(tmp_path, randn, x):
+    model = _quantized("nvfp4", randn)
+    want = model(x)
+    save_nvfp4_checkpoint(model, tmp_path)
+    sd = load_file(str(tmp_path / "model.safetensors"))
+    (tmp_path / "model.safetensors").unlink()
+    keys = sorted(sd)
+    save_file({k: sd[k] for k in keys[::2]}, str(tmp_path / "model-00001-of-00002.safetensors"))
+    save_file({k: sd[k] for k in keys[1::2]}, str(tmp_path / "model-00002-of-00002.safetensors"))
+    fresh = _skeleton()
+    load_nvfp4_checkpoint(fresh, tmp_path)
+    assert torch.equal(fresh(x), want)
+    save_file({keys[0]: sd[keys[0]]}, str(tmp_path / "model-extra.safetensors"))
+    with pytest.raises(ValueError, match="appear in more than one file"):
+        load_nvfp4_checkpoint(_skeleton(), tmp_path)
+
+
 def test_act_override_runs_w4a4_checkpoint_weight_only(tmp_path, randn, x):
     model = _quantized("nvfp4", randn)
     save_nvfp4_checkpoint(model, tmp_path)
