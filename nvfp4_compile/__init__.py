@@ -2,3 +2,5 @@
 from .formats import dequantize_nvfp4, quantize_nvfp4
 from . import ops  # noqa: F401  registers torch.ops.nvfp4.*
 from .nn import NVFP4Experts, NVFP4Linear, load_nvfp4_checkpoint, quantize_model, save_nvfp4_checkpoint
+from .backend import backend_with
+from .explain import explain

@@ -1,0 +1,162 @@
+"""The pass manager: runs the rewrite passes in order on one Dynamo graph, dumps the graph after each, and
+holds the context the passes share (example inputs, which inputs are weights, the report).
+
+Order: linear -> strip_fused_quant -> moe -> fold_constants. A pass is any object with a `name` and
+`__call__(gm, ctx)` that edits gm.graph in place and records what it did in ctx.report.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+import torch.fx as fx
+
+from .graph_utils import graph_listing, val
+from .report import GraphReport
+
+
+class Pass(Protocol):
+    name: str
+
+    def __call__(self, gm: fx.GraphModule, ctx: "PassContext") -> None: ...
+
+
+def is_weight_tensor(t: Any) -> bool:
+    """A parameter or buffer of the compiled module. Dynamo (torch >= 2.5, inlined nn modules) passes those
+    as graph inputs whose example is the real tensor, and marks every one of them as a static input
+    (`_dynamo_static_input_type`); nn.Parameter also covers parameters of modules it did not inline."""
+    return isinstance(t, torch.Tensor) and (
+        isinstance(t, torch.nn.Parameter) or getattr(t, "_dynamo_static_input_type", None) is not None
+    )
+
+
+@dataclass
+class PassContext:
+    example_inputs: list
+    report: GraphReport = field(default_factory=GraphReport)
+    gemm: str = "marlin"  # "marlin" (W4A16 kernel) or "bf16" (weights dequantized once, dense matmul)
+    # Filled by fold_constants: the compile-time constants the compiled graph takes as extra inputs.
+    folded: list = field(default_factory=list)
+    _constant: dict = field(default_factory=dict, repr=False)
+    _inputs: dict = field(default_factory=dict, repr=False)
+
+    def bind(self, gm: fx.GraphModule) -> None:
+        """Pair each placeholder with its example input."""
+        placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+        if len(placeholders) != len(self.example_inputs):
+            raise ValueError(
+                f"nvfp4_marlin: graph has {len(placeholders)} inputs but {len(self.example_inputs)} example inputs"
+            )
+        self._inputs = dict(zip(placeholders, self.example_inputs))
+        self._constant = {}
+        for node, example in self._inputs.items():
+            if is_weight_tensor(example):
+                node.meta["nvfp4_kind"] = "weight"
+
+    def example(self, node: fx.Node):
+        """The real example value of a placeholder (None for other nodes)."""
+        return self._inputs.get(node)
+
+    def is_constant(self, node: Any) -> bool:
+        """True when node's value depends only on parameters/buffers (and literals): a weight-only value
+        that fold_constants can compute once."""
+        if not isinstance(node, fx.Node):
+            return True
+        if node in self._constant:
+            return self._constant[node]
+        if node.op == "placeholder":
+            result = is_weight_tensor(self._inputs.get(node))
+        elif node.op == "get_attr":
+            result = True
+        elif node.op in ("call_function", "call_method"):
+            result = not _has_side_effects(node) and all(self.is_constant(a) for a in node.all_input_nodes)
+        else:
+            result = False
+        self._constant[node] = result
+        return result
+
+
+_RANDOM = ("rand", "normal", "bernoulli", "dropout", "multinomial", "poisson", "uniform", "exponential")
+
+
+def _has_side_effects(node: fx.Node) -> bool:
+    """Mutating, random or otherwise impure: never evaluated at compile time."""
+    target = node.target
+    name = target if isinstance(target, str) else getattr(target, "__name__", "")
+    if any(r in name for r in _RANDOM):
+        return True
+    if node.op == "call_method":
+        return name.endswith("_") and not name.endswith("__")
+    if isinstance(target, torch._ops.OpOverload):
+        if target._schema.is_mutable or torch.Tag.nondeterministic_seeded in target.tags:
+            return True
+    return node.is_impure()
+
+
+class GraphDump:
+    """One folder per compiled graph under dump_dir: NN_<stage>.py (readable FX code) and the report."""
+
+    def __init__(self, dump_dir: str, graph_name: str):
+        base = os.path.join(dump_dir, graph_name)
+        path, i = base, 1
+        while os.path.exists(path):
+            path, i = f"{base}-{i}", i + 1
+        os.makedirs(path)
+        self.path = path
+        self.stage = 0
+
+    def write_graph(self, stage: str, gm: fx.GraphModule) -> None:
+        code = gm.print_readable(print_output=False)
+        name = os.path.join(self.path, f"{self.stage:02d}_{stage}.py")
+        with open(name, "w") as f:
+            f.write(f"# nvfp4_marlin: graph {'as captured by Dynamo' if self.stage == 0 else 'after pass ' + stage}\n")
+            f.write("# compact listing:\n# " + graph_listing(gm).replace("\n", "\n# ") + "\n\n")
+            f.write(code)
+        self.stage += 1
+
+    def write_report(self, report: GraphReport) -> None:
+        with open(os.path.join(self.path, "report.txt"), "w") as f:
+            f.write(str(report) + "\n")
+        with open(os.path.join(self.path, "report.json"), "w") as f:
+            json.dump(report.to_dict(), f, indent=1)
+
+
+class PassManager:
+    def __init__(self, passes: list[Pass], dump_dir: str | None = None):
+        self.passes = list(passes)
+        self.dump_dir = dump_dir
+
+    def run(self, gm: fx.GraphModule, ctx: PassContext) -> fx.GraphModule:
+        ctx.bind(gm)
+        dump = GraphDump(self.dump_dir, ctx.report.graph) if self.dump_dir else None
+        if dump:
+            dump.write_graph("input", gm)
+        for p in self.passes:
+            p(gm, ctx)
+            gm.graph.lint()
+            gm.recompile()
+            if dump:
+                dump.write_graph(p.name, gm)
+        if dump:
+            dump.write_report(ctx.report)
+            ctx.report.note(f"graph dumps in {dump.path}")
+        return gm
+
+
+def default_passes() -> list[Pass]:
+    from .fold_constants import FoldConstants
+    from .linear import LinearPass
+    from .moe import MoePass
+    from .strip_fused_quant import StripFusedQuant
+
+    return [LinearPass(), StripFusedQuant(), MoePass(), FoldConstants()]
+
+
+def node_shapes(*pairs: tuple[str, Any]) -> str:
+    """'x bf16[4, 64], w u8[128, 32]' from (label, node) pairs."""
+    from .graph_utils import describe
+
+    return ", ".join(f"{label} {describe(val(n) if isinstance(n, fx.Node) else n)}" for label, n in pairs)
