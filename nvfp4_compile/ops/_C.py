@@ -7,13 +7,15 @@ without the build) or disabled with NVFP4_COMPILE_DISABLE_CUDA_KERNELS=1.
 """
 from __future__ import annotations
 
+import importlib
 import os
 
 import torch
 
+EXTENSION = "nvfp4_compile._C"
 LOAD_ERROR: str | None = None
 try:
-    from .. import _C as _extension  # noqa: F401  (registers torch.ops.nvfp4_C.*)
+    importlib.import_module(EXTENSION)  # registers torch.ops.nvfp4_C.*
 
     LOADED = True
 except Exception as exc:  # ImportError on CPU installs; an ABI mismatch must not break `import nvfp4_compile`

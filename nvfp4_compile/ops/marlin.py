@@ -129,10 +129,18 @@ def _marlin_gemm_cuda(x, qweight, scales, global_scale, bias, size_n, size_k):
     x2 = x.reshape(-1, size_k)
     if x2.shape[0] == 0:
         return x.new_empty((*x.shape[:-1], size_n))
-    if not x2.is_contiguous() or x2.data_ptr() % 16:
-        x2 = x2.contiguous()  # the kernel reads rows with 16-byte cp.async
+    if not x2.is_contiguous():
+        x2 = x2.contiguous()
+    if x2.data_ptr() % 16:
+        x2 = x2.clone()  # the kernel reads rows with 16-byte cp.async; a fresh allocation is aligned
     out = torch.ops.nvfp4_C.marlin_gemm(
-        x2, qweight.contiguous(), scales.contiguous(), global_scale.reshape(1), bias, size_n, size_k
+        x2,
+        qweight.contiguous(),
+        scales.contiguous(),
+        global_scale.reshape(1),
+        None if bias is None else bias.contiguous(),
+        size_n,
+        size_k,
     )
     return out.reshape(*x.shape[:-1], size_n)
 

@@ -1,0 +1,25 @@
+// The one binding file: registers the CUDA kernels as torch.ops.nvfp4_C.* (private ops; the public nvfp4::*
+// ops in nvfp4_compile/ops/marlin.py validate, reshape and call them) and makes `nvfp4_compile._C`
+// importable as a Python module (importing it runs the registrations below).
+#include <Python.h>
+#include <torch/library.h>
+
+#include "marlin/marlin.h"
+
+TORCH_LIBRARY(nvfp4_C, m) {
+  m.def("marlin_repack(Tensor w_fp4, Tensor w_sf) -> (Tensor, Tensor)");
+  m.def(
+      "marlin_gemm(Tensor x, Tensor qweight, Tensor scales, Tensor global_scale, Tensor? bias, int size_n, "
+      "int size_k) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(nvfp4_C, CUDA, m) {
+  m.impl("marlin_repack", &nvfp4::marlin_repack);
+  m.impl("marlin_gemm", &nvfp4::marlin_gemm);
+}
+
+PyMODINIT_FUNC PyInit__C(void) {
+  static PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C", "nvfp4_compile CUDA kernels (torch.ops.nvfp4_C)", -1,
+                               nullptr};
+  return PyModule_Create(&module);
+}

@@ -1,0 +1,301 @@
+// Dense W4A16 NVFP4 GEMM, Marlin style: C[M, N] = (A[M, K] @ deq(B)[K, N]) * global_scale (+ bias).
+//
+// One CTA (8 warps) computes a ROWS x TN output tile over a range of K tiles (its split):
+//   - a STAGES-deep cp.async pipeline brings A (ROWS x TK, XOR-swizzled 16-byte chunks), B (TK/16 rows of
+//     TN/64 weight tiles, 512 B each) and the scale codes (TK/16 x TN bytes) into shared memory;
+//   - warp (wn, wk) owns the 64 columns wn*64.. and the k16 steps j = wk, wk + WARPS_K, ... of every stage:
+//     ldmatrix for A, one 16-byte load of weights and one 8-byte load of scale codes per lane, dequantized in
+//     registers (dequant.cuh) straight into mma.m16n8k16 B fragments, FP32 accumulation;
+//   - the WARPS_K partial sums are added in shared memory in a fixed order; with split-K each CTA writes its
+//     FP32 tile to a workspace slot, and the last CTA of the tile to arrive (an atomic counter, which it
+//     resets to 0) adds the slots in split order, so results are deterministic;
+//   - epilogue: acc * (global_scale * 2^7) (+ bias) in FP32, one rounding, 16-byte stores when N % 8 == 0.
+// A rows beyond M and K columns beyond size_k are zero-filled by cp.async, B/scale rows and tiles beyond the
+// padded sizes likewise, so nothing outside the tensors is read.
+//
+// The tile loop (load_stage / compute_stage / reduce) only sees row pointers and B/scale bases, so a MoE
+// variant can gather A rows through an index array and offset B/scales per expert.
+#pragma once
+
+#include <cstdint>
+
+#include "dequant.cuh"
+#include "ptx.cuh"
+
+namespace nvfp4 {
+
+struct MarlinGemmParams {
+  const void* a;  // [m, k] row-major, row stride lda elements, 16-byte aligned rows
+  int64_t lda;
+  const int4* b;              // qweight int32 [k_pad/16, 2*n_pad]
+  const uint8_t* s;           // scale codes [k_pad/16, n_pad]
+  const float* global_scale;  // one FP32 decode scale (device memory: no host sync, graph safe)
+  const void* bias;           // [n] in the activation dtype, or nullptr
+  void* c;                    // [m, n] row-major, row stride ldc
+  int64_t ldc;
+  float* partials;  // split-K workspace: [splits, m_tiles * n_tiles, ROWS * TN] FP32 (splits > 1 only)
+  int* counters;    // [m_tiles * n_tiles] zero on entry; the last CTA of a tile resets its counter
+  int m, n, k;      // logical sizes
+  int n_pad, k_pad;
+  int m_tiles, n_tiles, k_tiles, splits;
+};
+
+template <int MB_, int TN_, int TK_, int STAGES_, int MIN_BLOCKS_>
+struct GemmConfig {
+  static constexpr int MB = MB_;  // m16 blocks per CTA
+  static constexpr int TN = TN_;
+  static constexpr int TK = TK_;
+  static constexpr int STAGES = STAGES_;
+  static constexpr int MIN_BLOCKS = MIN_BLOCKS_;
+  static constexpr int THREADS = 256;
+  static constexpr int WARPS = THREADS / 32;
+  static constexpr int WARPS_N = TN / 64;
+  static constexpr int WARPS_K = WARPS / WARPS_N;
+  static constexpr int ROWS = MB * 16;
+  static constexpr int K16 = TK / 16;  // k16 steps (= scale blocks) per stage
+  static constexpr int K16_PER_WARP = K16 / WARPS_K;
+  static constexpr int A_CHUNKS = TK / 8;  // 16-byte chunks per A row
+  static constexpr int A_BYTES = ROWS * TK * 2;
+  static constexpr int B_BYTES = K16 * TN * 8;  // TN/64 tiles of 512 B per k16 row
+  static constexpr int S_BYTES = K16 * TN;
+  static constexpr int STAGE_BYTES = A_BYTES + B_BYTES + S_BYTES;
+  static constexpr int C_STRIDE = TN + 8;  // FP32 tile row stride: conflict-free float2 fragment stores
+  static constexpr int C_BYTES = ROWS * C_STRIDE * 4;
+  static constexpr int SMEM_BYTES = STAGES * STAGE_BYTES > C_BYTES ? STAGES * STAGE_BYTES : C_BYTES;
+  static_assert(TN % 64 == 0 && WARPS % WARPS_N == 0, "TN must give whole warps of 64 columns");
+  static_assert(K16 % WARPS_K == 0, "each warp must get the same number of k16 steps");
+  static_assert(TK % 64 == 0 && A_CHUNKS >= 8, "the A swizzle XORs 3 bits of the chunk index");
+  static_assert((ROWS * A_CHUNKS) % THREADS == 0 && (K16 * TN / 2) % THREADS == 0, "whole loader rounds");
+  static_assert(K16 * TN / 16 <= THREADS, "one 16-byte scale chunk per thread at most");
+};
+
+template <typename T, class Cfg>
+__global__ void __launch_bounds__(Cfg::THREADS, Cfg::MIN_BLOCKS) marlin_gemm_kernel(const MarlinGemmParams p) {
+  using D = Dtype<T>;
+  extern __shared__ __align__(16) uint8_t smem[];
+  __shared__ int tile_is_last;
+
+  const int tid = threadIdx.x;
+  const int lane = tid & 31;
+  const int warp = tid >> 5;
+  const int wn = warp % Cfg::WARPS_N;
+  const int wk = warp / Cfg::WARPS_N;
+
+  const int n_tile = blockIdx.x, m_tile = blockIdx.y, split = blockIdx.z;
+  const int m0 = m_tile * Cfg::ROWS;
+  const int n0 = n_tile * Cfg::TN;
+  const int kt_begin = static_cast<int>(static_cast<int64_t>(split) * p.k_tiles / p.splits);
+  const int kt_end = static_cast<int>(static_cast<int64_t>(split + 1) * p.k_tiles / p.splits);
+  const int num_k = kt_end - kt_begin;
+
+  const T* a_base = static_cast<const T*>(p.a);
+  const int k16_rows = p.k_pad / 16;
+  const int n_tiles64 = p.n_pad / 64;
+
+  // ---- loads of one stage (all threads) -------------------------------------------------------------
+  auto load_stage = [&](int stage, int kt) {
+    uint8_t* base = smem + stage * Cfg::STAGE_BYTES;
+    int4* a_sh = reinterpret_cast<int4*>(base);
+    int4* b_sh = reinterpret_cast<int4*>(base + Cfg::A_BYTES);
+    int4* s_sh = reinterpret_cast<int4*>(base + Cfg::A_BYTES + Cfg::B_BYTES);
+    const int k0 = kt * Cfg::TK;
+#pragma unroll
+    for (int it = 0; it < Cfg::ROWS * Cfg::A_CHUNKS / Cfg::THREADS; ++it) {
+      const int i = tid + it * Cfg::THREADS;
+      const int r = i / Cfg::A_CHUNKS, c = i % Cfg::A_CHUNKS;
+      const int row = m0 + r, col = k0 + c * 8;
+      const bool ok = row < p.m && col < p.k;
+      const T* src = ok ? a_base + row * p.lda + col : a_base;
+      cp_async16(&a_sh[r * Cfg::A_CHUNKS + (c ^ (r & 7))], src, ok);
+    }
+#pragma unroll
+    for (int it = 0; it < Cfg::K16 * Cfg::TN / 2 / Cfg::THREADS; ++it) {
+      const int i = tid + it * Cfg::THREADS;
+      const int r = i / (Cfg::TN / 2), c = i % (Cfg::TN / 2);
+      const int k16 = kt * Cfg::K16 + r;
+      const bool ok = k16 < k16_rows && (n0 / 64 + c / 32) < n_tiles64;
+      const int4* src = ok ? p.b + static_cast<int64_t>(k16) * (p.n_pad / 2) + n0 / 2 + c : p.b;
+      cp_async16(&b_sh[i], src, ok);
+    }
+    constexpr int S_CHUNKS = Cfg::K16 * Cfg::TN / 16;
+    if (tid < S_CHUNKS) {
+      const int r = tid / (Cfg::TN / 16), c = tid % (Cfg::TN / 16);
+      const int k16 = kt * Cfg::K16 + r;
+      const int col = n0 + c * 16;
+      const bool ok = k16 < k16_rows && col < p.n_pad;
+      const uint8_t* src = ok ? p.s + static_cast<int64_t>(k16) * p.n_pad + col : p.s;
+      cp_async16(&s_sh[tid], src, ok);
+    }
+  };
+
+  float acc[Cfg::MB][8][4];
+#pragma unroll
+  for (int mb = 0; mb < Cfg::MB; ++mb)
+#pragma unroll
+    for (int nt = 0; nt < 8; ++nt)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) acc[mb][nt][i] = 0.0f;
+
+  // ---- math of one stage (each warp: its 64 columns, its k16 steps) ---------------------------------
+  auto compute_stage = [&](int stage) {
+    const uint8_t* base = smem + stage * Cfg::STAGE_BYTES;
+    const int4* a_sh = reinterpret_cast<const int4*>(base);
+    const uint4* b_sh = reinterpret_cast<const uint4*>(base + Cfg::A_BYTES);
+    const uint8_t* s_sh = base + Cfg::A_BYTES + Cfg::B_BYTES;
+#pragma unroll
+    for (int jj = 0; jj < Cfg::K16_PER_WARP; ++jj) {
+      const int j = jj * Cfg::WARPS_K + wk;
+      uint32_t a[Cfg::MB][4];
+#pragma unroll
+      for (int mb = 0; mb < Cfg::MB; ++mb) {
+        const int r = mb * 16 + (lane & 15);
+        const int c = 2 * j + (lane >> 4);
+        ldmatrix_x4(a[mb], &a_sh[r * Cfg::A_CHUNKS + (c ^ (r & 7))]);
+      }
+      const uint4 bq = b_sh[j * (Cfg::TN / 2) + wn * 32 + lane];
+      const uint2 sc = *reinterpret_cast<const uint2*>(s_sh + j * Cfg::TN + wn * 64 + (lane >> 2) * 8);
+      const uint32_t q[4] = {bq.x, bq.y, bq.z, bq.w};
+      uint32_t s2[8];
+      s2[0] = scale_pair<T, 0>(sc.x);
+      s2[1] = scale_pair<T, 1>(sc.x);
+      s2[2] = scale_pair<T, 2>(sc.x);
+      s2[3] = scale_pair<T, 3>(sc.x);
+      s2[4] = scale_pair<T, 0>(sc.y);
+      s2[5] = scale_pair<T, 1>(sc.y);
+      s2[6] = scale_pair<T, 2>(sc.y);
+      s2[7] = scale_pair<T, 3>(sc.y);
+#pragma unroll
+      for (int w = 0; w < 4; ++w) {
+        uint32_t b_lo[2], b_hi[2];
+        dequant_int32<T>(q[w], s2[2 * w], s2[2 * w + 1], b_lo, b_hi);
+#pragma unroll
+        for (int mb = 0; mb < Cfg::MB; ++mb) {
+          D::mma(acc[mb][2 * w], a[mb], b_lo);
+          D::mma(acc[mb][2 * w + 1], a[mb], b_hi);
+        }
+      }
+    }
+  };
+
+  // ---- pipelined main loop ----------------------------------------------------------------------------
+#pragma unroll
+  for (int s = 0; s < Cfg::STAGES - 1; ++s) {
+    if (s < num_k) load_stage(s, kt_begin + s);
+    cp_async_commit();
+  }
+  for (int i = 0; i < num_k; ++i) {
+    cp_async_wait<Cfg::STAGES - 2>();
+    __syncthreads();  // stage i landed for everyone; stage i-1 (overwritten next) is no longer read
+    const int next = i + Cfg::STAGES - 1;
+    if (next < num_k) load_stage(next % Cfg::STAGES, kt_begin + next);
+    cp_async_commit();
+    compute_stage(i % Cfg::STAGES);
+  }
+  cp_async_wait<0>();
+  __syncthreads();
+
+  // ---- k-warps -> one FP32 tile in shared memory (fixed order) -----------------------------------------
+  float* c_sh = reinterpret_cast<float*>(smem);
+#pragma unroll 1
+  for (int r = 0; r < Cfg::WARPS_K; ++r) {
+    if (wk == r) {
+#pragma unroll
+      for (int mb = 0; mb < Cfg::MB; ++mb)
+#pragma unroll
+        for (int nt = 0; nt < 8; ++nt)
+#pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            const int row = mb * 16 + (lane >> 2) + 8 * h;
+            const int col = wn * 64 + nt * 8 + 2 * (lane & 3);
+            float2* dst = reinterpret_cast<float2*>(&c_sh[row * Cfg::C_STRIDE + col]);
+            float2 v = make_float2(acc[mb][nt][2 * h], acc[mb][nt][2 * h + 1]);
+            if (r > 0) {
+              const float2 o = *dst;
+              v.x += o.x;
+              v.y += o.y;
+            }
+            *dst = v;
+          }
+    }
+    __syncthreads();
+  }
+
+  const int rows = min(Cfg::ROWS, p.m - m0);
+  constexpr int TN4 = Cfg::TN / 4;
+
+  // ---- split-K: publish this split's tile; the last CTA to arrive sums all splits in order ----------
+  if (p.splits > 1) {
+    const int tile = m_tile * p.n_tiles + n_tile;
+    const int64_t tile_elems = Cfg::ROWS * Cfg::TN;
+    const int64_t num_tiles = static_cast<int64_t>(p.m_tiles) * p.n_tiles;
+    float* mine = p.partials + (split * num_tiles + tile) * tile_elems;
+    for (int i = tid; i < rows * TN4; i += Cfg::THREADS) {
+      const int r = i / TN4, c = (i % TN4) * 4;
+      __stcg(reinterpret_cast<float4*>(mine + r * Cfg::TN + c),
+             *reinterpret_cast<const float4*>(&c_sh[r * Cfg::C_STRIDE + c]));
+    }
+    __threadfence();
+    __syncthreads();
+    if (tid == 0) {
+      const int arrived = atomicAdd(&p.counters[tile], 1);
+      tile_is_last = arrived == p.splits - 1;
+      if (tile_is_last) p.counters[tile] = 0;  // every other split has arrived: reusable, graph safe
+    }
+    __syncthreads();
+    if (!tile_is_last) return;
+    __threadfence();
+    for (int i = tid; i < rows * TN4; i += Cfg::THREADS) {
+      const int r = i / TN4, c = (i % TN4) * 4;
+      float4* own = reinterpret_cast<float4*>(&c_sh[r * Cfg::C_STRIDE + c]);
+      float4 sum = make_float4(0.f, 0.f, 0.f, 0.f);
+      for (int s = 0; s < p.splits; ++s) {
+        const float4 v =
+            s == split ? *own : __ldcg(reinterpret_cast<const float4*>(p.partials + (s * num_tiles + tile) * tile_elems + r * Cfg::TN + c));
+        if (s == 0) {
+          sum = v;
+        } else {
+          sum.x += v.x;
+          sum.y += v.y;
+          sum.z += v.z;
+          sum.w += v.w;
+        }
+      }
+      *own = sum;
+    }
+    __syncthreads();
+  }
+
+  // ---- epilogue: FP32 scale (+ bias), one rounding, 16-byte stores --------------------------------------
+  const float factor = __ldg(p.global_scale) * kEpilogueFactor;
+  const T* bias = static_cast<const T*>(p.bias);
+  T* c_out = static_cast<T*>(p.c);
+  const bool vector_store = (p.n % 8) == 0 && (p.ldc % 8) == 0;
+  constexpr int TN8 = Cfg::TN / 8;
+  for (int i = tid; i < rows * TN8; i += Cfg::THREADS) {
+    const int r = i / TN8, c = (i % TN8) * 8;
+    const int col = n0 + c;
+    if (col >= p.n) continue;
+    const float4 lo = *reinterpret_cast<const float4*>(&c_sh[r * Cfg::C_STRIDE + c]);
+    const float4 hi = *reinterpret_cast<const float4*>(&c_sh[r * Cfg::C_STRIDE + c + 4]);
+    float v[8] = {lo.x, lo.y, lo.z, lo.w, hi.x, hi.y, hi.z, hi.w};
+    T* dst = c_out + static_cast<int64_t>(m0 + r) * p.ldc + col;
+    if (vector_store) {
+      __align__(16) T out[8];
+#pragma unroll
+      for (int e = 0; e < 8; ++e) {
+        float x = v[e] * factor;
+        if (bias != nullptr) x += D::to_float(bias[col + e]);
+        out[e] = D::from_float(x);
+      }
+      *reinterpret_cast<int4*>(dst) = *reinterpret_cast<const int4*>(out);
+    } else {
+      for (int e = 0; e < 8 && col + e < p.n; ++e) {
+        float x = v[e] * factor;
+        if (bias != nullptr) x += D::to_float(bias[col + e]);
+        dst[e] = D::from_float(x);
+      }
+    }
+  }
+}
+
+}  // namespace nvfp4

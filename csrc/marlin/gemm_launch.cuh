@@ -1,0 +1,110 @@
+// Tile-config choice, split-K sizing, workspace and launch of marlin_gemm_kernel for one activation dtype.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAStream.h>
+
+#include <algorithm>
+#include <array>
+#include <optional>
+
+#include "gemm_kernel.cuh"
+
+namespace nvfp4 {
+
+// Config by M. Small M streams the weights (one m16 block, 128 x 128 k-tiles, 2 CTAs/SM, split-K fills the
+// GPU); M > 64 uses the widest tile (64 x 256) so each weight byte feeds 4x more MMAs.
+using ConfigM16 = GemmConfig<1, 128, 128, 4, 2>;
+using ConfigM32 = GemmConfig<2, 128, 128, 4, 2>;
+using ConfigM64 = GemmConfig<4, 128, 128, 4, 1>;
+using ConfigLarge = GemmConfig<4, 256, 64, 4, 1>;
+
+constexpr int kMaxDevices = 64;
+constexpr int kMaxSplits = 32;
+
+inline int sm_count(int device) {
+  static std::array<int, kMaxDevices> count{};
+  TORCH_CHECK(device >= 0 && device < kMaxDevices, "nvfp4_C: device index out of range");
+  if (count[device] == 0) {
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&count[device], cudaDevAttrMultiProcessorCount, device));
+  }
+  return count[device];
+}
+
+template <typename T, class Cfg>
+int configured_occupancy(int device) {
+  // Per (kernel, device): raise the dynamic shared-memory limit once and remember resident CTAs per SM.
+  static std::array<int, kMaxDevices> occupancy{};
+  TORCH_CHECK(device >= 0 && device < kMaxDevices, "nvfp4_C: device index out of range");
+  if (occupancy[device] == 0) {
+    auto kernel = marlin_gemm_kernel<T, Cfg>;
+    C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Cfg::SMEM_BYTES));
+    int blocks = 0;
+    C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, kernel, Cfg::THREADS, Cfg::SMEM_BYTES));
+    occupancy[device] = std::max(blocks, 1);
+  }
+  return occupancy[device];
+}
+
+template <typename T, class Cfg>
+void launch_with_config(MarlinGemmParams p, int device) {
+  const int occupancy = configured_occupancy<T, Cfg>(device);
+  const int sms = sm_count(device);
+  p.m_tiles = (p.m + Cfg::ROWS - 1) / Cfg::ROWS;
+  p.n_tiles = (p.n_pad + Cfg::TN - 1) / Cfg::TN;
+  p.k_tiles = (p.k_pad + Cfg::TK - 1) / Cfg::TK;
+  TORCH_CHECK(p.m_tiles <= 65535, "nvfp4_C::marlin_gemm: M too large for one launch");
+  const int64_t tiles = static_cast<int64_t>(p.m_tiles) * p.n_tiles;
+  // Split K only when the output tiles cannot fill the GPU; each split keeps >= 1 k-tile.
+  int splits = 1;
+  if (tiles < sms) {
+    splits = static_cast<int>(std::min<int64_t>({static_cast<int64_t>(sms) * occupancy / tiles, p.k_tiles, kMaxSplits}));
+    splits = std::max(splits, 1);
+  }
+  p.splits = splits;
+  at::Tensor counters, partials;
+  if (splits > 1) {
+    auto opts = at::TensorOptions().device(at::kCUDA, device);
+    counters = at::zeros({tiles}, opts.dtype(at::kInt));
+    partials = at::empty({splits * tiles * Cfg::ROWS * Cfg::TN}, opts.dtype(at::kFloat));
+    p.counters = counters.data_ptr<int>();
+    p.partials = partials.data_ptr<float>();
+  }
+  const dim3 grid(p.n_tiles, p.m_tiles, splits);
+  marlin_gemm_kernel<T, Cfg>
+      <<<grid, Cfg::THREADS, Cfg::SMEM_BYTES, c10::cuda::getCurrentCUDAStream(device)>>>(p);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+template <typename T>
+void launch_marlin_gemm(const at::Tensor& x, const at::Tensor& qweight, const at::Tensor& scales,
+                        const at::Tensor& global_scale, const std::optional<at::Tensor>& bias, at::Tensor& out,
+                        int64_t n_pad, int64_t k_pad) {
+  MarlinGemmParams p{};
+  p.a = x.data_ptr();
+  p.lda = x.stride(0);
+  p.b = reinterpret_cast<const int4*>(qweight.data_ptr<int32_t>());
+  p.s = scales.data_ptr<uint8_t>();
+  p.global_scale = global_scale.data_ptr<float>();
+  p.bias = bias.has_value() ? bias->data_ptr() : nullptr;
+  p.c = out.data_ptr();
+  p.ldc = out.stride(0);
+  p.m = static_cast<int>(x.size(0));
+  p.n = static_cast<int>(out.size(1));
+  p.k = static_cast<int>(x.size(1));
+  p.n_pad = static_cast<int>(n_pad);
+  p.k_pad = static_cast<int>(k_pad);
+  const int device = x.get_device();
+  if (p.m <= 16) {
+    launch_with_config<T, ConfigM16>(p, device);
+  } else if (p.m <= 32) {
+    launch_with_config<T, ConfigM32>(p, device);
+  } else if (p.m <= 64) {
+    launch_with_config<T, ConfigM64>(p, device);
+  } else {
+    launch_with_config<T, ConfigLarge>(p, device);
+  }
+}
+
+}  // namespace nvfp4

@@ -1,0 +1,245 @@
+"""The CUDA Marlin kernels (csrc/) against the Python layout reference and an FP32 GEMM reference.
+
+Skips without CUDA. On a CUDA machine the compiled extension must be loaded (a missing build fails loudly
+rather than silently testing the torch fallback)."""
+import random
+
+import pytest
+import torch
+
+import nvfp4_compile  # noqa: F401  registers torch.ops.nvfp4.*
+from nvfp4_compile.formats import dequantize_nvfp4, quantize_nvfp4
+from nvfp4_compile.formats.marlin import marlin_repack_reference, scale_values_from_codes
+from nvfp4_compile.ops import _C
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
+]
+
+ops = torch.ops.nvfp4
+DEV = "cuda"
+ALL_E4M3 = torch.arange(256, dtype=torch.uint8).view(torch.float8_e4m3fn)
+FINITE_E4M3 = ALL_E4M3[~torch.isnan(ALL_E4M3.float())]
+
+
+def gen(seed):
+    return torch.Generator(device="cpu").manual_seed(seed)
+
+
+def random_fp4(*shape_nk, seed, pool=None):
+    """Random packed FP4 bytes and block scales drawn from `pool` (default: every finite E4M3 value)."""
+    *lead, n, k = shape_nk
+    g = gen(seed)
+    w = torch.randint(0, 256, (*lead, n, k // 2), dtype=torch.uint8, generator=g)
+    pool = FINITE_E4M3 if pool is None else pool
+    sf = pool[torch.randint(0, pool.numel(), (*lead, n, k // 16), generator=g)]
+    return w, sf
+
+
+def poisoned_output_block(numel, dtype):
+    """Fill a freed caching-allocator block of the output's size with NaN, so an output allocated next from
+    it shows every element the kernel failed to write. Returns the block's address."""
+    t = torch.full((numel,), float("nan"), dtype=dtype, device=DEV)
+    ptr = t.data_ptr()
+    del t
+    return ptr
+
+
+def test_extension_is_loaded():
+    assert _C.LOADED, f"CUDA available but nvfp4_compile._C failed to load: {_C.LOAD_ERROR}"
+    assert _C.has_kernel("marlin_gemm") and _C.has_kernel("marlin_repack")
+
+
+# ------------------------------------------------------------------------------------------------------
+# Repack: bytes identical to the Python reference
+# ------------------------------------------------------------------------------------------------------
+
+REPACK_SHAPES = [(1, 16), (64, 64), (63, 48), (100, 240), (192, 208), (130, 1856), (4096, 128), (320, 4096)]
+
+
+@pytest.mark.parametrize("n,k", REPACK_SHAPES)
+def test_repack_is_byte_identical_to_reference(n, k):
+    w, sf = random_fp4(n, k, seed=n * 7 + k)
+    q_ref, s_ref = marlin_repack_reference(w, sf)
+    q, s = ops.marlin_repack(w.to(DEV), sf.to(DEV))
+    assert torch.equal(q.cpu(), q_ref) and torch.equal(s.cpu(), s_ref)
+
+
+@pytest.mark.parametrize("lead", [(3,), (2, 2)])
+def test_repack_expert_stacks_are_byte_identical(lead):
+    w, sf = random_fp4(*lead, 72, 80, seed=sum(lead))
+    q_ref, s_ref = marlin_repack_reference(w, sf)
+    q, s = ops.marlin_repack(w.to(DEV), sf.to(DEV))
+    assert torch.equal(q.cpu(), q_ref) and torch.equal(s.cpu(), s_ref)
+
+
+def test_repack_rejects_nan_scales():
+    w, sf = random_fp4(64, 32, seed=1)
+    sf = sf.clone()
+    sf.view(torch.uint8)[0, 0] = 0x7F
+    with pytest.raises(ValueError, match="w_sf holds 1 NaN"):
+        ops.marlin_repack(w.to(DEV), sf.to(DEV))
+
+
+# ------------------------------------------------------------------------------------------------------
+# GEMM numerics
+# ------------------------------------------------------------------------------------------------------
+
+
+def reference_gemm(x, w, sf, gs, bias=None):
+    """dequantize (exact) + FP32 matmul (no TF32) + global scale + bias, FP32."""
+    wd = dequantize_nvfp4(w, sf, torch.ones((), device=w.device), torch.float32)
+    prev = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        out = (x.float().reshape(-1, x.shape[-1]) @ wd.T) * gs.float()
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = prev
+    if bias is not None:
+        out = out + bias.float()
+    return out.reshape(*x.shape[:-1], w.shape[0])
+
+
+def run_gemm(x, q, s, gs, bias, n, k):
+    poisoned = poisoned_output_block(x.numel() // k * n, x.dtype)
+    out = ops.marlin_gemm(x, q, s, gs, bias, n, k)
+    torch.cuda.synchronize()
+    return out, out.data_ptr() == poisoned
+
+
+def rel_err(out, ref):
+    return ((out.float() - ref).norm() / ref.norm().clamp_min(1e-30)).item()
+
+
+M_VALUES = list(range(1, 18)) + [31, 33, 127, 128, 129, 1000, 4096]
+N_VALUES = [64, 192, 4096, 14336]
+K_VALUES = [128, 192, 4096, 14336]
+
+
+def gemm_cases(count=56, seed=0):
+    """A fixed random subset of M x N x K (with dtype and bias), capped in work so the suite stays fast."""
+    rng = random.Random(seed)
+    grid = [(m, n, k) for m in M_VALUES for n in N_VALUES for k in K_VALUES if m * n * k <= 2**34]
+    picks = rng.sample(grid, count)
+    return [(m, n, k, rng.choice(["bf16", "fp16"]), rng.random() < 0.5) for m, n, k in picks]
+
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@pytest.mark.parametrize("m,n,k,dtype,with_bias", gemm_cases())
+def test_gemm_matches_fp32_reference(m, n, k, dtype, with_bias):
+    dtype = DTYPES[dtype]
+    g = torch.Generator(device=DEV).manual_seed(m * 1_000_003 + n * 101 + k)
+    w, sf, gs = quantize_nvfp4(torch.randn(n, k, device=DEV, generator=g) * 0.02)
+    q, s = ops.marlin_repack(w, sf)
+    x = torch.randn(m, k, device=DEV, generator=g).to(dtype)
+    bias = torch.randn(n, device=DEV, generator=g).to(dtype) if with_bias else None
+    out, poisoned = run_gemm(x, q, s, gs, bias, n, k)
+    ref = reference_gemm(x, w, sf, gs, bias)
+    assert out.dtype == dtype and tuple(out.shape) == (m, n)
+    assert not torch.isnan(out).any(), f"unwritten (NaN) outputs; poisoned block reused: {poisoned}"
+    assert rel_err(out, ref) < 1e-2
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("m", [1, 16, 40, 64, 2304])
+def test_identity_gemm_reproduces_every_weight_exactly(dtype, m):
+    """x = rows of the identity: out[i, n] = w[n, i] exactly (one product, no accumulation rounding). Block b
+    of every row has the b-th finite E4M3 value as its scale (all 254: +-0, subnormals, up to +-448) over
+    random nibbles, so every (nibble, scale) pair goes through the in-register dequantization."""
+    n, k = 64, 16 * 256
+    g = gen(m)
+    w = torch.randint(0, 256, (n, k // 2), dtype=torch.uint8, generator=g)
+    scales = torch.cat([FINITE_E4M3, torch.zeros(256 - FINITE_E4M3.numel()).to(torch.float8_e4m3fn)])
+    sf = scales[torch.randperm(256, generator=g)].repeat(n, 1)
+    w, sf = w.to(DEV), sf.to(DEV)
+    q, s = ops.marlin_repack(w, sf)
+    rows = torch.randperm(k, generator=g)[:m].sort().values.to(DEV)
+    x = torch.eye(k, device=DEV, dtype=dtype)[rows]
+    gs = torch.ones((), device=DEV)
+    out, _ = run_gemm(x, q, s, gs, None, n, k)
+    expected = dequantize_nvfp4(w, sf, gs, torch.float32).T[rows]
+    assert torch.equal(out.float(), expected), (out.float() - expected).abs().max()
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("regime", ["subnormal", "large"])
+def test_small_and_large_scale_checkpoints(dtype, regime):
+    """Checkpoints whose block scales are all E4M3 subnormals (a tiny global amax) or near 448."""
+    if regime == "subnormal":
+        pool = ALL_E4M3[1:8]  # 2^-9 .. 7 * 2^-9
+        gs = torch.tensor(1.5, device=DEV)
+    else:
+        pool = FINITE_E4M3[FINITE_E4M3.float().abs() >= 256]
+        gs = torch.tensor(2.0**-12, device=DEV)
+    n, k = 192, 4096
+    w, sf = random_fp4(n, k, seed=5, pool=pool)
+    w, sf = w.to(DEV), sf.to(DEV)
+    q, s = ops.marlin_repack(w, sf)
+    for m in (1, 7, 64, 300):
+        x = torch.randn(m, k, device=DEV).to(dtype)
+        out, _ = run_gemm(x, q, s, gs, None, n, k)
+        ref = reference_gemm(x, w, sf, gs)
+        assert torch.isfinite(out).all()
+        assert rel_err(out, ref) < 1e-2, (m, rel_err(out, ref))
+
+
+def test_bias_3d_and_non_contiguous_x():
+    n, k = 192, 256
+    w, sf, gs = quantize_nvfp4(torch.randn(n, k, device=DEV))
+    q, s = ops.marlin_repack(w, sf)
+    bias = torch.randn(n, device=DEV).to(torch.bfloat16)
+    x3 = torch.randn(3, 5, k, device=DEV).to(torch.bfloat16)
+    out3 = ops.marlin_gemm(x3, q, s, gs, bias, n, k)
+    assert tuple(out3.shape) == (3, 5, n)
+    assert rel_err(out3, reference_gemm(x3, w, sf, gs, bias)) < 1e-2
+    xt = torch.randn(k, 9, device=DEV).to(torch.bfloat16).t()
+    assert torch.equal(ops.marlin_gemm(xt, q, s, gs, bias, n, k), ops.marlin_gemm(xt.contiguous(), q, s, gs, bias, n, k))
+    xs = torch.randn(9, 2 * k, device=DEV).to(torch.bfloat16)[:, 1 : k + 1]  # misaligned rows
+    assert torch.equal(ops.marlin_gemm(xs, q, s, gs, bias, n, k), ops.marlin_gemm(xs.contiguous(), q, s, gs, bias, n, k))
+
+
+@pytest.mark.parametrize("m,n,k", [(1, 64, 14336), (65536, 64, 128), (5, 100, 240), (77, 130, 1856)])
+def test_edge_shapes(m, n, k):
+    """Deep split-K with one output tile, the largest M, N and K that need padding."""
+    w, sf, gs = quantize_nvfp4(torch.randn(n, k, device=DEV))
+    q, s = ops.marlin_repack(w, sf)
+    x = torch.randn(m, k, device=DEV).to(torch.bfloat16)
+    out, _ = run_gemm(x, q, s, gs, None, n, k)
+    assert not torch.isnan(out).any()
+    assert rel_err(out, reference_gemm(x, w, sf, gs)) < 1e-2
+
+
+def test_deterministic_and_cuda_graph_replay_identical():
+    n, k = 4096, 4096
+    w, sf, gs = quantize_nvfp4(torch.randn(n, k, device=DEV))
+    q, s = ops.marlin_repack(w, sf)
+    for m in (1, 16, 64, 512):
+        x = torch.randn(m, k, device=DEV).to(torch.bfloat16)
+        eager = ops.marlin_gemm(x, q, s, gs, None, n, k)
+        assert torch.equal(eager, ops.marlin_gemm(x, q, s, gs, None, n, k))
+        static_x = x.clone()
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            ops.marlin_gemm(static_x, q, s, gs, None, n, k)  # warm-up outside capture
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            static_out = ops.marlin_gemm(static_x, q, s, gs, None, n, k)
+        for _ in range(3):
+            graph.replay()
+            torch.cuda.synchronize()
+            assert torch.equal(static_out, eager)
+        x2 = torch.randn(m, k, device=DEV).to(torch.bfloat16)
+        static_x.copy_(x2)
+        graph.replay()
+        torch.cuda.synchronize()
+        assert torch.equal(static_out, ops.marlin_gemm(x2, q, s, gs, None, n, k))
+
+
+def test_scale_codes_decode_matches_e4m3_on_device():
+    codes = torch.arange(0, 143, dtype=torch.uint8)
+    assert torch.equal(scale_values_from_codes(codes.to(DEV)).cpu(), scale_values_from_codes(codes))
