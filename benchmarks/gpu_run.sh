@@ -19,10 +19,10 @@ grep -E "registers|spill" "$OUT/build.log" | sort | uniq -c | head -20
 "$PY" -c "from nvfp4_compile.ops import _C; print('extension loaded:', _C.LOADED, _C.LOAD_ERROR or '')"
 
 start=$(date +%s)
-timeout 420 "$PY" -m pytest -q -p no:cacheprovider tests/gpu tests/formats/test_marlin_layout.py \
+timeout "${TEST_TIMEOUT:-240}" "$PY" -m pytest -q -p no:cacheprovider tests/gpu tests/formats/test_marlin_layout.py \
   tests/ops/test_marlin_ops.py 2>&1 | tee "$OUT/tests.log" | tail -25
 echo "tests: $(( $(date +%s) - start )) s"
 
 start=$(date +%s)
-timeout 300 "$PY" benchmarks/bench_gemm.py --csv "$OUT/bench.csv" "$@" 2>&1 | tee "$OUT/bench.log"
+timeout "${BENCH_TIMEOUT:-220}" "$PY" benchmarks/bench_gemm.py --csv "$OUT/bench.csv" "$@" 2>&1 | tee "$OUT/bench.log"
 echo "bench: $(( $(date +%s) - start )) s"
