@@ -56,7 +56,8 @@ class NVFP4Linear(QuantizedBuffers):
             self.register_buffer("input_scale", torch.ones((), dtype=torch.float32, device=device))
             if swizzled:
                 self.register_buffer("weight_scale_swizzled", swizzle_scales(self.weight_scale), persistent=False)
-        self.bias = nn.Parameter(torch.zeros(n, dtype=dtype, device=device)) if bias else None
+        # Frozen like the quantized weight: the nvfp4 ops have no autograd formula, so nothing here trains.
+        self.bias = nn.Parameter(torch.zeros(n, dtype=dtype, device=device), requires_grad=False) if bias else None
 
     def refresh_swizzled_scales(self) -> None:
         """Re-derive weight_scale_swizzled from weight_scale (call after writing weight_scale by hand)."""

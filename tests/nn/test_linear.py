@@ -109,7 +109,7 @@ def test_input_scale_from_calibrated_amax_and_default(randn):
 def test_bias_kept_and_no_bias(randn):
     lin = _linear(64, 32, randn)
     m = NVFP4Linear.from_linear(lin, act="bf16")
-    assert torch.equal(m.bias, lin.bias)
+    assert torch.equal(m.bias, lin.bias) and not m.bias.requires_grad  # inference-only, like the weight
     m2 = NVFP4Linear.from_linear(_linear(64, 32, randn, bias=False), act="nvfp4")
     assert m2.bias is None and m2(randn(3, 64, dtype=torch.bfloat16)).shape == (3, 32)
 
