@@ -184,8 +184,9 @@ class ReleasedWeight(torch.Tensor):
         )
 
 
-class ReleasedParameter(torch.nn.Parameter, ReleasedWeight):
-    pass
+class ReleasedParameter(ReleasedWeight, torch.nn.Parameter):
+    """A released nn.Parameter. ReleasedWeight comes first in the bases: Parameter's own __torch_function__
+    is the disabled one and would otherwise win."""
 
 
 def release(t: torch.Tensor) -> int:

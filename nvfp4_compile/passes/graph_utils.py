@@ -225,7 +225,7 @@ def graph_listing(gm: fx.GraphModule) -> str:
                 f"({inner})" if isinstance(a, tuple) else f"[{inner}]")
         if isinstance(a, torch.dtype):
             return dtype_name(a)
-        if isinstance(a, float):
+        if isinstance(a, (float, str)):
             return repr(a)
         return str(a)
 
