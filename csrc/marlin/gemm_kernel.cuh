@@ -40,18 +40,21 @@ struct MarlinGemmParams {
   int m_tiles, n_tiles, k_tiles, splits;
 };
 
-template <int MB_, int TN_, int TK_, int STAGES_, int MIN_BLOCKS_>
+// MB m16 blocks per warp; WARPS_M x WARPS_N x WARPS_K warps: a warp owns MB*16 rows (of WARPS_M row groups),
+// 64 columns (of TN) and every WARPS_K-th k16 step of each stage.
+template <int MB_, int WARPS_M_, int TN_, int TK_, int STAGES_, int THREADS_, int MIN_BLOCKS_>
 struct GemmConfig {
-  static constexpr int MB = MB_;  // m16 blocks per CTA
+  static constexpr int MB = MB_;
+  static constexpr int WARPS_M = WARPS_M_;
   static constexpr int TN = TN_;
   static constexpr int TK = TK_;
   static constexpr int STAGES = STAGES_;
+  static constexpr int THREADS = THREADS_;
   static constexpr int MIN_BLOCKS = MIN_BLOCKS_;
-  static constexpr int THREADS = 256;
   static constexpr int WARPS = THREADS / 32;
   static constexpr int WARPS_N = TN / 64;
-  static constexpr int WARPS_K = WARPS / WARPS_N;
-  static constexpr int ROWS = MB * 16;
+  static constexpr int WARPS_K = WARPS / (WARPS_M * WARPS_N);
+  static constexpr int ROWS = WARPS_M * MB * 16;
   static constexpr int K16 = TK / 16;  // k16 steps (= scale blocks) per stage
   static constexpr int K16_PER_WARP = K16 / WARPS_K;
   static constexpr int A_CHUNKS = TK / 8;  // 16-byte chunks per A row
@@ -62,8 +65,8 @@ struct GemmConfig {
   static constexpr int C_STRIDE = TN + 8;  // FP32 tile row stride: conflict-free float2 fragment stores
   static constexpr int C_BYTES = ROWS * C_STRIDE * 4;
   static constexpr int SMEM_BYTES = STAGES * STAGE_BYTES > C_BYTES ? STAGES * STAGE_BYTES : C_BYTES;
-  static_assert(TN % 64 == 0 && WARPS % WARPS_N == 0, "TN must give whole warps of 64 columns");
-  static_assert(K16 % WARPS_K == 0, "each warp must get the same number of k16 steps");
+  static_assert(TN % 64 == 0 && WARPS % (WARPS_M * WARPS_N) == 0, "whole warps of 64 columns");
+  static_assert(WARPS_K >= 1 && K16 % WARPS_K == 0, "each warp must get the same number of k16 steps");
   static_assert(TK % 64 == 0 && A_CHUNKS >= 8, "the A swizzle XORs 3 bits of the chunk index");
   static_assert((ROWS * A_CHUNKS) % THREADS == 0 && (K16 * TN / 2) % THREADS == 0, "whole loader rounds");
   static_assert(K16 * TN / 16 <= THREADS, "one 16-byte scale chunk per thread at most");
@@ -79,7 +82,9 @@ __global__ void __launch_bounds__(Cfg::THREADS, Cfg::MIN_BLOCKS) marlin_gemm_ker
   const int lane = tid & 31;
   const int warp = tid >> 5;
   const int wn = warp % Cfg::WARPS_N;
-  const int wk = warp / Cfg::WARPS_N;
+  const int wm = (warp / Cfg::WARPS_N) % Cfg::WARPS_M;
+  const int wk = warp / (Cfg::WARPS_N * Cfg::WARPS_M);
+  const int warp_row0 = wm * Cfg::MB * 16;
 
   const int n_tile = blockIdx.x, m_tile = blockIdx.y, split = blockIdx.z;
   const int m0 = m_tile * Cfg::ROWS;
@@ -104,9 +109,12 @@ __global__ void __launch_bounds__(Cfg::THREADS, Cfg::MIN_BLOCKS) marlin_gemm_ker
       const int i = tid + it * Cfg::THREADS;
       const int r = i / Cfg::A_CHUNKS, c = i % Cfg::A_CHUNKS;
       const int row = m0 + r, col = k0 + c * 8;
-      const bool ok = row < p.m && col < p.k;
-      const T* src = ok ? a_base + row * p.lda + col : a_base;
-      cp_async16(&a_sh[r * Cfg::A_CHUNKS + (c ^ (r & 7))], src, ok);
+      // Rows >= M are not loaded: an MMA row depends only on its own A row and those rows are never stored.
+      // Columns >= K inside live rows are zero-filled (the padded weights are zero, 0 * garbage could be NaN).
+      if (row < p.m) {
+        const bool ok = col < p.k;
+        cp_async16(&a_sh[r * Cfg::A_CHUNKS + (c ^ (r & 7))], ok ? a_base + row * p.lda + col : a_base, ok);
+      }
     }
 #pragma unroll
     for (int it = 0; it < Cfg::K16 * Cfg::TN / 2 / Cfg::THREADS; ++it) {
@@ -136,42 +144,44 @@ __global__ void __launch_bounds__(Cfg::THREADS, Cfg::MIN_BLOCKS) marlin_gemm_ker
 #pragma unroll
       for (int i = 0; i < 4; ++i) acc[mb][nt][i] = 0.0f;
 
-  // ---- math of one stage (each warp: its 64 columns, its k16 steps) ---------------------------------
+  // ---- math of one stage (each warp: its rows, its 64 columns, its k16 steps) ------------------------
+  // Fragments of step jj+1 are loaded before the MMAs of step jj (double buffering in registers).
   auto compute_stage = [&](int stage) {
     const uint8_t* base = smem + stage * Cfg::STAGE_BYTES;
     const int4* a_sh = reinterpret_cast<const int4*>(base);
     const uint4* b_sh = reinterpret_cast<const uint4*>(base + Cfg::A_BYTES);
     const uint8_t* s_sh = base + Cfg::A_BYTES + Cfg::B_BYTES;
-#pragma unroll
-    for (int jj = 0; jj < Cfg::K16_PER_WARP; ++jj) {
+    uint32_t a[2][Cfg::MB][4];
+    uint4 bq[2];
+    uint2 sc[2];
+    auto load_frags = [&](int buf, int jj) {
       const int j = jj * Cfg::WARPS_K + wk;
-      uint32_t a[Cfg::MB][4];
 #pragma unroll
       for (int mb = 0; mb < Cfg::MB; ++mb) {
-        const int r = mb * 16 + (lane & 15);
+        const int r = warp_row0 + mb * 16 + (lane & 15);
         const int c = 2 * j + (lane >> 4);
-        ldmatrix_x4(a[mb], &a_sh[r * Cfg::A_CHUNKS + (c ^ (r & 7))]);
+        ldmatrix_x4(a[buf][mb], &a_sh[r * Cfg::A_CHUNKS + (c ^ (r & 7))]);
       }
-      const uint4 bq = b_sh[j * (Cfg::TN / 2) + wn * 32 + lane];
-      const uint2 sc = *reinterpret_cast<const uint2*>(s_sh + j * Cfg::TN + wn * 64 + (lane >> 2) * 8);
-      const uint32_t q[4] = {bq.x, bq.y, bq.z, bq.w};
-      uint32_t s2[8];
-      s2[0] = scale_pair<T, 0>(sc.x);
-      s2[1] = scale_pair<T, 1>(sc.x);
-      s2[2] = scale_pair<T, 2>(sc.x);
-      s2[3] = scale_pair<T, 3>(sc.x);
-      s2[4] = scale_pair<T, 0>(sc.y);
-      s2[5] = scale_pair<T, 1>(sc.y);
-      s2[6] = scale_pair<T, 2>(sc.y);
-      s2[7] = scale_pair<T, 3>(sc.y);
+      bq[buf] = b_sh[j * (Cfg::TN / 2) + wn * 32 + lane];
+      sc[buf] = *reinterpret_cast<const uint2*>(s_sh + j * Cfg::TN + wn * 64 + (lane >> 2) * 8);
+    };
+    load_frags(0, 0);
+#pragma unroll
+    for (int jj = 0; jj < Cfg::K16_PER_WARP; ++jj) {
+      const int cur = jj & 1;
+      if (jj + 1 < Cfg::K16_PER_WARP) load_frags(cur ^ 1, jj + 1);
+      const uint32_t q[4] = {bq[cur].x, bq[cur].y, bq[cur].z, bq[cur].w};
+      const uint32_t sx = sc[cur].x, sy = sc[cur].y;
+      const uint32_t s2[8] = {scale_pair<T, 0>(sx), scale_pair<T, 1>(sx), scale_pair<T, 2>(sx), scale_pair<T, 3>(sx),
+                              scale_pair<T, 0>(sy), scale_pair<T, 1>(sy), scale_pair<T, 2>(sy), scale_pair<T, 3>(sy)};
 #pragma unroll
       for (int w = 0; w < 4; ++w) {
         uint32_t b_lo[2], b_hi[2];
         dequant_int32<T>(q[w], s2[2 * w], s2[2 * w + 1], b_lo, b_hi);
 #pragma unroll
         for (int mb = 0; mb < Cfg::MB; ++mb) {
-          D::mma(acc[mb][2 * w], a[mb], b_lo);
-          D::mma(acc[mb][2 * w + 1], a[mb], b_hi);
+          D::mma(acc[mb][2 * w], a[cur][mb], b_lo);
+          D::mma(acc[mb][2 * w + 1], a[cur][mb], b_hi);
         }
       }
     }
@@ -205,7 +215,7 @@ __global__ void __launch_bounds__(Cfg::THREADS, Cfg::MIN_BLOCKS) marlin_gemm_ker
         for (int nt = 0; nt < 8; ++nt)
 #pragma unroll
           for (int h = 0; h < 2; ++h) {
-            const int row = mb * 16 + (lane >> 2) + 8 * h;
+            const int row = warp_row0 + mb * 16 + (lane >> 2) + 8 * h;
             const int col = wn * 64 + nt * 8 + 2 * (lane & 3);
             float2* dst = reinterpret_cast<float2*>(&c_sh[row * Cfg::C_STRIDE + col]);
             float2 v = make_float2(acc[mb][nt][2 * h], acc[mb][nt][2 * h + 1]);

@@ -13,12 +13,14 @@
 
 namespace nvfp4 {
 
-// Config by M. Small M streams the weights (one m16 block, 128 x 128 k-tiles, 2 CTAs/SM, split-K fills the
-// GPU); M > 64 uses the widest tile (64 x 256) so each weight byte feeds 4x more MMAs.
-using ConfigM16 = GemmConfig<1, 128, 128, 4, 2>;
-using ConfigM32 = GemmConfig<2, 128, 128, 4, 2>;
-using ConfigM64 = GemmConfig<4, 128, 128, 4, 1>;
-using ConfigLarge = GemmConfig<4, 256, 64, 4, 1>;
+// Config by M (docs/kernels.md): GemmConfig<MB per warp, WARPS_M, TN, TK, STAGES, THREADS, MIN_BLOCKS>.
+// M <= 64: 4-warp CTAs of 16/32/64 x 128 with 4 k16 steps per warp between barriers and several CTAs per SM
+// (independent barriers keep the tensor pipe busy; split-K fills the GPU). M > 64: 128 x 256 tiles, 8 warps
+// of 64 x 64 over the whole k-tile (no cross-warp reduction), so each weight byte feeds 8 m16 blocks.
+using ConfigM16 = GemmConfig<1, 1, 128, 128, 4, 128, 4>;
+using ConfigM32 = GemmConfig<2, 1, 128, 128, 4, 128, 3>;
+using ConfigM64 = GemmConfig<4, 1, 128, 128, 4, 128, 2>;
+using ConfigLarge = GemmConfig<4, 2, 256, 64, 4, 256, 1>;
 
 constexpr int kMaxDevices = 64;
 constexpr int kMaxSplits = 32;
@@ -56,24 +58,26 @@ void launch_with_config(MarlinGemmParams p, int device) {
   p.k_tiles = (p.k_pad + Cfg::TK - 1) / Cfg::TK;
   TORCH_CHECK(p.m_tiles <= 65535, "nvfp4_C::marlin_gemm: M too large for one launch");
   const int64_t tiles = static_cast<int64_t>(p.m_tiles) * p.n_tiles;
-  // Split K only when the output tiles cannot fill the GPU; each split keeps >= 1 k-tile.
+  // Split K only when the output tiles cannot fill every resident-CTA slot; each split keeps >= 1 k-tile.
+  const int64_t slots = static_cast<int64_t>(sms) * occupancy;
   int splits = 1;
-  if (tiles < sms) {
-    splits = static_cast<int>(std::min<int64_t>({static_cast<int64_t>(sms) * occupancy / tiles, p.k_tiles, kMaxSplits}));
+  if (tiles < slots) {
+    splits = static_cast<int>(std::min<int64_t>({slots / tiles, p.k_tiles, kMaxSplits}));
     splits = std::max(splits, 1);
   }
   p.splits = splits;
-  at::Tensor counters, partials;
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(device);
+  at::Tensor counters, partials;  // from the caching allocator: stream-ordered, CUDA-graph safe
   if (splits > 1) {
     auto opts = at::TensorOptions().device(at::kCUDA, device);
-    counters = at::zeros({tiles}, opts.dtype(at::kInt));
+    counters = at::empty({tiles}, opts.dtype(at::kInt));
+    C10_CUDA_CHECK(cudaMemsetAsync(counters.data_ptr<int>(), 0, tiles * sizeof(int), stream));
     partials = at::empty({splits * tiles * Cfg::ROWS * Cfg::TN}, opts.dtype(at::kFloat));
     p.counters = counters.data_ptr<int>();
     p.partials = partials.data_ptr<float>();
   }
   const dim3 grid(p.n_tiles, p.m_tiles, splits);
-  marlin_gemm_kernel<T, Cfg>
-      <<<grid, Cfg::THREADS, Cfg::SMEM_BYTES, c10::cuda::getCurrentCUDAStream(device)>>>(p);
+  marlin_gemm_kernel<T, Cfg><<<grid, Cfg::THREADS, Cfg::SMEM_BYTES, stream>>>(p);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
