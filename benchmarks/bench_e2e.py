@@ -1,0 +1,172 @@
+"""End-to-end: a Llama-3-8B-shaped decoder, NVFP4 through the nvfp4_marlin backend vs BF16 torch.compile.
+
+    python benchmarks/bench_e2e.py                 # the 8B shape (needs a GPU with ~40 GB free)
+    python benchmarks/bench_e2e.py --tiny --device cpu   # a smoke run of the same code path
+
+transformers' LlamaForCausalLM is built from a config with random weights; `quantize_model` turns every
+decoder Linear to NVFP4 (lm_head and embeddings stay BF16). Both models are compiled with
+mode="reduce-overhead" (CUDA graphs). Prints one table: decode step time at each batch size with a KV
+cache of --cache tokens, prefill time, weight and peak memory, and logits closeness (cosine similarity of
+the compiled NVFP4 model vs the eager W4A16 reference and vs BF16).
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import gc
+import statistics
+
+import torch
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def median_ms(fn, device, iters: int, warmup: int = 3) -> float:
+    import time
+
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    times = []
+    for _ in range(iters):
+        if device.type == "cuda":
+            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            a.record()
+            fn()
+            b.record()
+            b.synchronize()
+            times.append(a.elapsed_time(b))
+        else:
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+def tensor_bytes(model: torch.nn.Module) -> int:
+    seen, total = set(), 0
+    for t in list(model.parameters()) + list(model.buffers()):
+        if t.data_ptr() not in seen:
+            seen.add(t.data_ptr())
+            total += t.numel() * t.element_size()
+    return total
+
+
+def build_config(args):
+    from transformers import LlamaConfig
+
+    if args.tiny:
+        return LlamaConfig(hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4,
+                           num_key_value_heads=2, vocab_size=1024, max_position_embeddings=4096)
+    return LlamaConfig(hidden_size=4096, intermediate_size=14336, num_hidden_layers=args.layers,
+                       num_attention_heads=32, num_key_value_heads=8, vocab_size=128256,
+                       max_position_embeddings=8192, rope_theta=500000.0)
+
+
+def decode_step_fn(model, cfg, batch: int, cache_len: int, device, compile_kwargs):
+    """A compiled one-token decode step at position cache_len over a StaticCache filled with random K/V."""
+    from transformers import StaticCache
+
+    cache = StaticCache(config=cfg, max_cache_len=cache_len + 8)
+    ids = torch.randint(0, cfg.vocab_size, (batch, 1), device=device)
+    pos = torch.tensor([cache_len], device=device)
+
+    def step(ids, pos):
+        return model(input_ids=ids, past_key_values=cache, cache_position=pos, use_cache=True).logits
+
+    with torch.no_grad():
+        step(ids, pos)  # lazily allocates the cache layers
+        for layer in cache.layers:
+            layer.keys.normal_()
+            layer.values.normal_()
+        compiled = torch.compile(step, **compile_kwargs)
+        return lambda: compiled(ids, pos)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--tiny", action="store_true", help="a 2-layer toy config (smoke test of the script)")
+    p.add_argument("--layers", type=int, default=32)
+    p.add_argument("--batches", default="1,8,32")
+    p.add_argument("--cache", type=int, default=1024)
+    p.add_argument("--prefill", type=int, default=2048)
+    p.add_argument("--iters", type=int, default=20)
+    p.add_argument("--mode", default="reduce-overhead")
+    args = p.parse_args(argv)
+    torch.set_grad_enabled(False)  # inference benchmark: no autograd graphs anywhere
+    device = torch.device(args.device)
+    if args.tiny:
+        args.cache, args.prefill, args.iters = min(args.cache, 64), min(args.prefill, 64), min(args.iters, 3)
+
+    import nvfp4_compile
+    from transformers import LlamaForCausalLM
+
+    cfg = build_config(args)
+    torch.manual_seed(0)
+    with torch.device(device):
+        bf16 = LlamaForCausalLM(cfg).to(torch.bfloat16).eval()
+    nvfp4 = copy.deepcopy(bf16)
+    conv = nvfp4_compile.quantize_model(nvfp4, act="nvfp4")
+    n_conv = len(getattr(conv, "converted", []))
+    mode = None if device.type == "cpu" else args.mode
+    kw_bf16 = {"mode": mode} if mode else {}
+    kw_nv = {"backend": "nvfp4_marlin", **kw_bf16}
+
+    rows = []
+    gname = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    print(f"device {gname}, torch {torch.__version__}, layers {cfg.num_hidden_layers}, hidden {cfg.hidden_size}, "
+          f"converted {n_conv} linears, mode {mode}")
+
+    # Closeness on one prompt: compiled NVFP4 vs eager W4A16 reference (same FP4 weights) and vs BF16.
+    with torch.no_grad():
+        ids = torch.randint(0, cfg.vocab_size, (1, 128), device=device)
+        ref_model = copy.deepcopy(bf16)
+        nvfp4_compile.quantize_model(ref_model, act="bf16")
+        ref = ref_model(ids).logits.float()
+        del ref_model
+        gc.collect()
+        base = bf16(ids).logits.float()
+        out = torch.compile(nvfp4, backend="nvfp4_marlin")(ids).logits.float()
+        cos = torch.nn.functional.cosine_similarity
+        rows.append(("logits cosine vs W4A16 reference", f"{cos(out.flatten(), ref.flatten(), dim=0).item():.6f}", ""))
+        rows.append(("logits cosine vs BF16", f"{cos(out.flatten(), base.flatten(), dim=0).item():.6f}", ""))
+        torch._dynamo.reset()
+
+    wb, wn = tensor_bytes(bf16), tensor_bytes(nvfp4)
+    rows.append(("weight memory GB (bf16 | nvfp4)", f"{wb / 1e9:.2f}", f"{wn / 1e9:.2f}  ({wn / wb:.3f}x)"))
+
+    for batch in [int(b) for b in args.batches.split(",")]:
+        res = []
+        for model, kw in ((bf16, kw_bf16), (nvfp4, kw_nv)):
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            fn = decode_step_fn(model, cfg, batch, args.cache, device, kw)
+            ms = median_ms(fn, device, args.iters)
+            peak = torch.cuda.max_memory_allocated(device) / 1e9 if device.type == "cuda" else float("nan")
+            res.append((ms, peak))
+            torch._dynamo.reset()
+        (mb, pb), (mn, pn) = res
+        rows.append((f"decode b={batch} ms (bf16 | nvfp4)", f"{mb:.3f}", f"{mn:.3f}  speedup {mb / mn:.2f}x"))
+        rows.append((f"decode b={batch} peak GB", f"{pb:.2f}", f"{pn:.2f}"))
+
+    with torch.no_grad():
+        ids = torch.randint(0, cfg.vocab_size, (1, args.prefill), device=device)
+        res = []
+        for model, kw in ((bf16, kw_bf16), (nvfp4, kw_nv)):
+            c = torch.compile(lambda i, m=model: m(input_ids=i, use_cache=False, logits_to_keep=1).logits, **kw)
+            res.append(median_ms(lambda: c(ids), device, max(3, args.iters // 4)))
+            torch._dynamo.reset()
+        rows.append((f"prefill {args.prefill} ms (bf16 | nvfp4)", f"{res[0]:.2f}", f"{res[1]:.2f}  ratio {res[1] / res[0]:.2f}x"))
+
+    w = max(len(r[0]) for r in rows)
+    print(f"\n{'metric':{w}s}  {'bf16':>10s}  nvfp4_marlin")
+    for name, a, b in rows:
+        print(f"{name:{w}s}  {a:>10s}  {b}")
+
+
+if __name__ == "__main__":
+    main()
