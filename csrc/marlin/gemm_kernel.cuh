@@ -24,6 +24,20 @@
 
 namespace nvfp4 {
 
+// Grouped (MoE) variant, marlin_gemm_kernel<T, Cfg, true>: m-tile t computes expert tile_expert[t]; tiles at
+// or past *num_padded rows exit at once. Row r of tile t is the routed row id = sorted_ids[t * ROWS + r]; an id
+// >= num_ids is padding (not loaded, not stored). A row = id / a_row_div, C row = id; B, scales and the global
+// scale advance by one expert stride per expert index.
+struct MarlinMoeParams {
+  const int* sorted_ids;
+  const int* tile_expert;
+  const int* num_padded;  // device scalar (no host sync: the grid is sized for the worst case)
+  int num_ids;
+  int a_row_div;
+  int64_t b_stride;  // int4 per expert
+  int64_t s_stride;  // scale bytes per expert
+};
+
 struct MarlinGemmParams {
   const void* a;  // [m, k] row-major, row stride lda elements, 16-byte aligned rows
   int64_t lda;
@@ -38,6 +52,7 @@ struct MarlinGemmParams {
   int m, n, k;      // logical sizes
   int n_pad, k_pad;
   int m_tiles, n_tiles, k_tiles, splits;
+  MarlinMoeParams moe;  // read only by the kMoe instantiation (csrc/moe/); zero for the dense GEMM
 };
 
 // MB m16 blocks per warp; WARPS_M x WARPS_N x WARPS_K warps: a warp owns MB*16 rows (of WARPS_M row groups),
@@ -72,7 +87,7 @@ struct GemmConfig {
   static_assert(K16 * TN / 16 <= THREADS, "one 16-byte scale chunk per thread at most");
 };
 
-template <typename T, class Cfg>
+template <typename T, class Cfg, bool kMoe = false>
 __global__ void __launch_bounds__(Cfg::THREADS, Cfg::MIN_BLOCKS) marlin_gemm_kernel(const MarlinGemmParams p) {
   using D = Dtype<T>;
   extern __shared__ __align__(16) uint8_t smem[];
@@ -88,6 +103,27 @@ __global__ void __launch_bounds__(Cfg::THREADS, Cfg::MIN_BLOCKS) marlin_gemm_ker
 
   const int n_tile = blockIdx.x, m_tile = blockIdx.y, split = blockIdx.z;
   const int m0 = m_tile * Cfg::ROWS;
+  // Operand bases: the dense GEMM's, or (MoE) those of this m-tile's expert; MoE tiles past the routed rows
+  // exit here, before any split touches the split-K counters.
+  const int4* b_base = p.b;
+  const uint8_t* s_base = p.s;
+  const float* gs_ptr = p.global_scale;
+  if constexpr (kMoe) {
+    if (m0 >= __ldg(p.moe.num_padded)) return;
+    const int expert = __ldg(p.moe.tile_expert + m_tile);
+    b_base += expert * p.moe.b_stride;
+    s_base += expert * p.moe.s_stride;
+    gs_ptr += expert;
+  }
+  // The row of A feeding tile row `row` and the row of C it is stored to; -1: none (beyond M, or MoE padding).
+  auto routed_id = [&](int row) -> int64_t {
+    if constexpr (kMoe) {
+      const int id = __ldg(p.moe.sorted_ids + row);
+      return id < p.moe.num_ids ? id : -1;
+    } else {
+      return row < p.m ? row : -1;
+    }
+  };
   const int n0 = n_tile * Cfg::TN;
   const int kt_begin = static_cast<int>(static_cast<int64_t>(split) * p.k_tiles / p.splits);
   const int kt_end = static_cast<int>(static_cast<int64_t>(split + 1) * p.k_tiles / p.splits);
@@ -111,9 +147,11 @@ __global__ void __launch_bounds__(Cfg::THREADS, Cfg::MIN_BLOCKS) marlin_gemm_ker
       const int row = m0 + r, col = k0 + c * 8;
       // Rows >= M are not loaded: an MMA row depends only on its own A row and those rows are never stored.
       // Columns >= K inside live rows are zero-filled (the padded weights are zero, 0 * garbage could be NaN).
-      if (row < p.m) {
+      const int64_t id = routed_id(row);
+      if (id >= 0) {
+        const int64_t a_row = kMoe ? static_cast<int>(id) / p.moe.a_row_div : id;
         const bool ok = col < p.k;
-        cp_async16(&a_sh[r * Cfg::A_CHUNKS + (c ^ (r & 7))], ok ? a_base + row * p.lda + col : a_base, ok);
+        cp_async16(&a_sh[r * Cfg::A_CHUNKS + (c ^ (r & 7))], ok ? a_base + a_row * p.lda + col : a_base, ok);
       }
     }
 #pragma unroll
@@ -122,7 +160,7 @@ __global__ void __launch_bounds__(Cfg::THREADS, Cfg::MIN_BLOCKS) marlin_gemm_ker
       const int r = i / (Cfg::TN / 2), c = i % (Cfg::TN / 2);
       const int k16 = kt * Cfg::K16 + r;
       const bool ok = k16 < k16_rows && (n0 / 64 + c / 32) < n_tiles64;
-      const int4* src = ok ? p.b + static_cast<int64_t>(k16) * (p.n_pad / 2) + n0 / 2 + c : p.b;
+      const int4* src = ok ? b_base + static_cast<int64_t>(k16) * (p.n_pad / 2) + n0 / 2 + c : b_base;
       cp_async16(&b_sh[i], src, ok);
     }
     constexpr int S_CHUNKS = Cfg::K16 * Cfg::TN / 16;
@@ -131,7 +169,7 @@ __global__ void __launch_bounds__(Cfg::THREADS, Cfg::MIN_BLOCKS) marlin_gemm_ker
       const int k16 = kt * Cfg::K16 + r;
       const int col = n0 + c * 16;
       const bool ok = k16 < k16_rows && col < p.n_pad;
-      const uint8_t* src = ok ? p.s + static_cast<int64_t>(k16) * p.n_pad + col : p.s;
+      const uint8_t* src = ok ? s_base + static_cast<int64_t>(k16) * p.n_pad + col : s_base;
       cp_async16(&s_sh[tid], src, ok);
     }
   };
@@ -276,7 +314,7 @@ __global__ void __launch_bounds__(Cfg::THREADS, Cfg::MIN_BLOCKS) marlin_gemm_ker
   }
 
   // ---- epilogue: FP32 scale (+ bias), one rounding, 16-byte stores --------------------------------------
-  const float factor = __ldg(p.global_scale) * kEpilogueFactor;
+  const float factor = __ldg(gs_ptr) * kEpilogueFactor;
   const T* bias = static_cast<const T*>(p.bias);
   T* c_out = static_cast<T*>(p.c);
   const bool vector_store = (p.n % 8) == 0 && (p.ldc % 8) == 0;
@@ -288,7 +326,9 @@ __global__ void __launch_bounds__(Cfg::THREADS, Cfg::MIN_BLOCKS) marlin_gemm_ker
     const float4 lo = *reinterpret_cast<const float4*>(&c_sh[r * Cfg::C_STRIDE + c]);
     const float4 hi = *reinterpret_cast<const float4*>(&c_sh[r * Cfg::C_STRIDE + c + 4]);
     float v[8] = {lo.x, lo.y, lo.z, lo.w, hi.x, hi.y, hi.z, hi.w};
-    T* dst = c_out + static_cast<int64_t>(m0 + r) * p.ldc + col;
+    const int64_t c_row = kMoe ? routed_id(m0 + r) : m0 + r;
+    if (c_row < 0) continue;
+    T* dst = c_out + c_row * p.ldc + col;
     if (vector_store) {
       __align__(16) T out[8];
 #pragma unroll
