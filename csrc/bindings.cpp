@@ -5,17 +5,27 @@
 #include <torch/library.h>
 
 #include "marlin/marlin.h"
+#include "moe/moe.h"
 
 TORCH_LIBRARY(nvfp4_C, m) {
+  m.def(
+      "marlin_moe(Tensor x, Tensor topk_ids, Tensor topk_weights, Tensor w13_q, Tensor w13_s, Tensor w13_gs, "
+      "Tensor w2_q, Tensor w2_s, Tensor w2_gs, int activation, int inter_size) -> Tensor");
   m.def("marlin_repack(Tensor w_fp4, Tensor w_sf) -> (Tensor, Tensor)");
   m.def(
       "marlin_gemm(Tensor x, Tensor qweight, Tensor scales, Tensor global_scale, Tensor? bias, int size_n, "
-      "int size_k) -> Tensor");
+      "int size_k, int config=-1) -> Tensor");
+  m.def("marlin_gemm_configs() -> str[]", &nvfp4::marlin_gemm_config_names);
+  m.def(
+      "marlin_dequantize(Tensor qweight, Tensor scales, Tensor global_scale, int size_n, int size_k, "
+      "ScalarType dtype) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(nvfp4_C, CUDA, m) {
+  m.impl("marlin_moe", &nvfp4::marlin_moe);
   m.impl("marlin_repack", &nvfp4::marlin_repack);
   m.impl("marlin_gemm", &nvfp4::marlin_gemm);
+  m.impl("marlin_dequantize", &nvfp4::marlin_dequantize);
 }
 
 PyMODINIT_FUNC PyInit__C(void) {

@@ -15,7 +15,7 @@ bool aligned16(const at::Tensor& t) { return reinterpret_cast<uintptr_t>(t.data_
 
 at::Tensor marlin_gemm(const at::Tensor& x, const at::Tensor& qweight, const at::Tensor& scales,
                        const at::Tensor& global_scale, const std::optional<at::Tensor>& bias, int64_t size_n,
-                       int64_t size_k) {
+                       int64_t size_k, int64_t config) {
   TORCH_CHECK(x.is_cuda() && x.dim() == 2, "nvfp4_C::marlin_gemm: x must be a 2-D CUDA tensor [M, K]");
   TORCH_CHECK(x.scalar_type() == at::kBFloat16 || x.scalar_type() == at::kHalf,
               "nvfp4_C::marlin_gemm: x must be bfloat16 or float16");
@@ -41,14 +41,17 @@ at::Tensor marlin_gemm(const at::Tensor& x, const at::Tensor& qweight, const at:
   }
   TORCH_CHECK(x.size(0) <= (int64_t{1} << 30) && size_n < (int64_t{1} << 30) && size_k < (int64_t{1} << 30),
               "nvfp4_C::marlin_gemm: sizes above 2^30 are not supported");
+  const int64_t num_configs = static_cast<int64_t>(marlin_gemm_config_names().size());
+  TORCH_CHECK(config >= -1 && config < num_configs, "nvfp4_C::marlin_gemm: config must be -1 (by M) or in [0, ",
+              num_configs, "), got ", config);
 
   const c10::cuda::CUDAGuard guard(device);
   at::Tensor out = at::empty({x.size(0), size_n}, x.options());
   if (x.size(0) == 0) return out;
   if (x.scalar_type() == at::kBFloat16) {
-    launch_marlin_gemm_bf16(x, qweight, scales, global_scale, bias, out, n_pad, k_pad);
+    launch_marlin_gemm_bf16(x, qweight, scales, global_scale, bias, out, n_pad, k_pad, static_cast<int>(config));
   } else {
-    launch_marlin_gemm_fp16(x, qweight, scales, global_scale, bias, out, n_pad, k_pad);
+    launch_marlin_gemm_fp16(x, qweight, scales, global_scale, bias, out, n_pad, k_pad, static_cast<int>(config));
   }
   return out;
 }

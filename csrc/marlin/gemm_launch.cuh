@@ -84,7 +84,7 @@ void launch_with_config(MarlinGemmParams p, int device) {
 template <typename T>
 void launch_marlin_gemm(const at::Tensor& x, const at::Tensor& qweight, const at::Tensor& scales,
                         const at::Tensor& global_scale, const std::optional<at::Tensor>& bias, at::Tensor& out,
-                        int64_t n_pad, int64_t k_pad) {
+                        int64_t n_pad, int64_t k_pad, int config) {
   MarlinGemmParams p{};
   p.a = x.data_ptr();
   p.lda = x.stride(0);
@@ -100,14 +100,14 @@ void launch_marlin_gemm(const at::Tensor& x, const at::Tensor& qweight, const at
   p.n_pad = static_cast<int>(n_pad);
   p.k_pad = static_cast<int>(k_pad);
   const int device = x.get_device();
-  if (p.m <= 16) {
-    launch_with_config<T, ConfigM16>(p, device);
-  } else if (p.m <= 32) {
-    launch_with_config<T, ConfigM32>(p, device);
-  } else if (p.m <= 64) {
-    launch_with_config<T, ConfigM64>(p, device);
-  } else {
-    launch_with_config<T, ConfigLarge>(p, device);
+  // config >= 0 forces a tile config (indices as marlin.h's marlin_gemm_config_names()); -1 picks by M.
+  if (config < 0) config = p.m <= 16 ? 0 : p.m <= 32 ? 1 : p.m <= 64 ? 2 : 3;
+  switch (config) {
+    case 0: launch_with_config<T, ConfigM16>(p, device); break;
+    case 1: launch_with_config<T, ConfigM32>(p, device); break;
+    case 2: launch_with_config<T, ConfigM64>(p, device); break;
+    case 3: launch_with_config<T, ConfigLarge>(p, device); break;
+    default: TORCH_CHECK(false, "nvfp4_C::marlin_gemm: no tile config ", config);
   }
 }
 

@@ -6,15 +6,28 @@
 #include <ATen/ATen.h>
 
 #include <optional>
+#include <string>
 #include <tuple>
+#include <vector>
 
 namespace nvfp4 {
 
 // x [M, size_k] bf16/fp16 contiguous; qweight int32 [K_pad/16, 2*N_pad]; scales uint8 [K_pad/16, N_pad];
 // global_scale fp32 [1] (decode); bias [size_n] in x.dtype or none -> [M, size_n] x.dtype.
+// config: index into marlin_gemm_config_names() to force a tile config (the tactic registry,
+// nvfp4_compile/ops/gemm_tactics.py), or -1 to pick by M.
 at::Tensor marlin_gemm(const at::Tensor& x, const at::Tensor& qweight, const at::Tensor& scales,
                        const at::Tensor& global_scale, const std::optional<at::Tensor>& bias, int64_t size_n,
-                       int64_t size_k);
+                       int64_t size_k, int64_t config = -1);
+
+// Names of the tile configs by index, in the order of gemm_launch.cuh's dispatch switch.
+inline std::vector<std::string> marlin_gemm_config_names() { return {"m16", "m32", "m64", "large"}; }
+
+// qweight/scales in the Marlin layout, global_scale fp32 [1] -> dense weight [size_n, size_k] in dtype
+// (bf16/fp16): e2m1 * s_b * global_scale in FP32, rounded once, as formats.marlin.marlin_dequantize
+// (dequant_weight.cu; the weight of the dequantize + cuBLAS GEMM tactic).
+at::Tensor marlin_dequantize(const at::Tensor& qweight, const at::Tensor& scales, const at::Tensor& global_scale,
+                             int64_t size_n, int64_t size_k, at::ScalarType dtype);
 
 // w_fp4 uint8 [..., N, K/2], w_sf float8_e4m3fn [..., N, K/16] (no NaN: checked by the Python op)
 // -> (qweight int32 [..., K_pad/16, 2*N_pad], scales uint8 [..., K_pad/16, N_pad]), byte-identical to
@@ -24,9 +37,9 @@ std::tuple<at::Tensor, at::Tensor> marlin_repack(const at::Tensor& w_fp4, const 
 // The per-dtype launchers (gemm_launch.cuh, instantiated in gemm_bf16.cu / gemm_fp16.cu).
 void launch_marlin_gemm_bf16(const at::Tensor& x, const at::Tensor& qweight, const at::Tensor& scales,
                              const at::Tensor& global_scale, const std::optional<at::Tensor>& bias,
-                             at::Tensor& out, int64_t n_pad, int64_t k_pad);
+                             at::Tensor& out, int64_t n_pad, int64_t k_pad, int config);
 void launch_marlin_gemm_fp16(const at::Tensor& x, const at::Tensor& qweight, const at::Tensor& scales,
                              const at::Tensor& global_scale, const std::optional<at::Tensor>& bias,
-                             at::Tensor& out, int64_t n_pad, int64_t k_pad);
+                             at::Tensor& out, int64_t n_pad, int64_t k_pad, int config);
 
 }  // namespace nvfp4
