@@ -4,10 +4,12 @@
         w_fp4 uint8 [..., N, K/2], w_sf float8_e4m3fn [..., N, K/16] (linear; leading expert dims allowed)
         -> qweight int32 [..., K_pad/16, 2*N_pad], scales uint8 [..., K_pad/16, N_pad] (scale codes)
     nvfp4::marlin_gemm(Tensor x, Tensor qweight, Tensor scales, Tensor global_scale, Tensor? bias,
-                       int size_n, int size_k) -> Tensor
+                       int size_n, int size_k, str gemm="auto") -> Tensor
         x bf16/fp16 [..., size_k] (any strides), one repacked 2-D weight, global_scale fp32 one value
         (decode), bias [size_n] in x.dtype or None -> [..., size_n] x.dtype
         = (x @ (e2m1 * s_b)^T) * global_scale + bias, FP32 accumulation, one rounding to x.dtype.
+        gemm (CUDA only; ignored by the reference): "marlin" the W4A16 kernel, "dequant" the weight
+        dequantized to x.dtype + cuBLAS, "auto" the faster of the tactics per shape (ops/gemm_tactics.py).
 
 CPU: the torch reference. CUDA: the csrc kernels when the extension is built (ops/_C.py), otherwise the same
 torch reference, so a CUDA machine without the build is still correct, only slower.
@@ -24,7 +26,7 @@ from ..formats.marlin import (
     marlin_repack_reference,
     marlin_unrepack_reference,
 )
-from . import _C
+from . import _C, gemm_tactics
 from .source import check_dtype, check_per_tensor_scale, check_shape
 
 ACTIVATION_DTYPES = (torch.bfloat16, torch.float16)
@@ -84,7 +86,9 @@ torch.library.register_fake("nvfp4::marlin_repack", _marlin_repack_fake)
 _GEMM = "marlin_gemm"
 
 
-def _check_gemm(x, qweight, scales, global_scale, bias, size_n, size_k) -> None:
+def _check_gemm(x, qweight, scales, global_scale, bias, size_n, size_k, gemm="auto") -> None:
+    if gemm not in gemm_tactics.GEMM_CHOICES:
+        raise ValueError(f"nvfp4::{_GEMM}: gemm must be one of {gemm_tactics.GEMM_CHOICES}, got {gemm!r}")
     check_dtype(_GEMM, "x", x, ACTIVATION_DTYPES)
     if x.dim() < 1:
         raise ValueError(f"nvfp4::{_GEMM}: x must be [..., K], got a scalar")
@@ -117,14 +121,14 @@ def marlin_gemm_reference(x, qweight, scales, global_scale, bias, size_n: int, s
     return out.to(x.dtype).reshape(*x.shape[:-1], size_n)
 
 
-def _marlin_gemm_cpu(x, qweight, scales, global_scale, bias, size_n, size_k):
-    _check_gemm(x, qweight, scales, global_scale, bias, size_n, size_k)
+def _marlin_gemm_cpu(x, qweight, scales, global_scale, bias, size_n, size_k, gemm="auto"):
+    _check_gemm(x, qweight, scales, global_scale, bias, size_n, size_k, gemm)  # one kernel on CPU: gemm unused
     return marlin_gemm_reference(x, qweight, scales, global_scale, bias, size_n, size_k)
 
 
-def _marlin_gemm_cuda(x, qweight, scales, global_scale, bias, size_n, size_k):
-    _check_gemm(x, qweight, scales, global_scale, bias, size_n, size_k)
-    if not _C.has_kernel(_GEMM):
+def _marlin_gemm_cuda(x, qweight, scales, global_scale, bias, size_n, size_k, gemm="auto"):
+    _check_gemm(x, qweight, scales, global_scale, bias, size_n, size_k, gemm)
+    if not gemm_tactics.available():
         return marlin_gemm_reference(x, qweight, scales, global_scale, bias, size_n, size_k)
     x2 = x.reshape(-1, size_k)
     if x2.shape[0] == 0:
@@ -133,26 +137,28 @@ def _marlin_gemm_cuda(x, qweight, scales, global_scale, bias, size_n, size_k):
         x2 = x2.contiguous()
     if x2.data_ptr() % 16:
         x2 = x2.clone()  # the kernel reads rows with 16-byte cp.async; a fresh allocation is aligned
-    out = torch.ops.nvfp4_C.marlin_gemm(
+    out = gemm_tactics.run_gemm(
         x2,
         qweight.contiguous(),
         scales.contiguous(),
-        global_scale.reshape(1),
+        global_scale,
         None if bias is None else bias.contiguous(),
         size_n,
         size_k,
+        gemm,
     )
     return out.reshape(*x.shape[:-1], size_n)
 
 
-def _marlin_gemm_fake(x, qweight, scales, global_scale, bias, size_n, size_k):
-    _check_gemm(x, qweight, scales, global_scale, bias, size_n, size_k)
+def _marlin_gemm_fake(x, qweight, scales, global_scale, bias, size_n, size_k, gemm="auto"):
+    _check_gemm(x, qweight, scales, global_scale, bias, size_n, size_k, gemm)
     return x.new_empty((*x.shape[:-1], size_n))
 
 
 torch.library.define(
     "nvfp4::marlin_gemm",
-    "(Tensor x, Tensor qweight, Tensor scales, Tensor global_scale, Tensor? bias, int size_n, int size_k) -> Tensor",
+    "(Tensor x, Tensor qweight, Tensor scales, Tensor global_scale, Tensor? bias, int size_n, int size_k, "
+    'str gemm="auto") -> Tensor',
 )
 torch.library.impl("nvfp4::marlin_gemm", "cpu", _marlin_gemm_cpu)
 torch.library.impl("nvfp4::marlin_gemm", "cuda", _marlin_gemm_cuda)
