@@ -1,0 +1,139 @@
+"""The tactics of nvfp4::marlin_gemm on CUDA and the process-wide selector behind gemm="auto" (docs/tactics.md).
+
+    marlin.<config>  the W4A16 kernel with one tile config forced (nvfp4_C.marlin_gemm(..., config=i));
+                     configs and their names come from the extension (nvfp4_C.marlin_gemm_configs())
+    dequant          the weight dequantized to x.dtype from the Marlin layout (nvfp4_C.marlin_dequantize,
+                     exactly formats.marlin.marlin_dequantize) + F.linear (cuBLAS): wins at large M
+    marlin           the fallback: the kernel choosing its config by M (what gemm="marlin" runs)
+
+`run_gemm(x2, ..., gemm)` is what the op's CUDA kernel calls with a 2-D, contiguous, 16-byte aligned x.
+gemm="auto" profiles each (device, N, K, M bucket, dtype) once on random activations (the real weights) and
+caches the winner (ops/tactics.py); during CUDA graph capture only cached choices or the fallback are used.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import importlib
+from importlib import metadata
+
+import torch
+import torch.nn.functional as F
+
+from . import _C
+from .tactics import ProblemKey, Tactic, TacticSelector, TacticSet, cuda_median_ms, m_bucket
+
+GEMM_CHOICES = ("auto", "marlin", "dequant")
+DTYPE_NAMES = {torch.bfloat16: "bf16", torch.float16: "fp16"}
+
+
+def available() -> bool:
+    """The compiled tactics exist (extension loaded with the config argument and the dequantize kernel)."""
+    return _C.has_kernel("marlin_gemm") and _C.has_kernel("marlin_dequantize") and _C.has_kernel("marlin_gemm_configs")
+
+
+def dequantize_weight(qweight, scales, global_scale, size_n: int, size_k: int, dtype: torch.dtype) -> torch.Tensor:
+    """Marlin layout -> dense [size_n, size_k] weight in dtype on the GPU (values of marlin_dequantize)."""
+    return torch.ops.nvfp4_C.marlin_dequantize(qweight, scales, global_scale.reshape(1), size_n, size_k, dtype)
+
+
+def _marlin_tactic(name: str, config: int) -> Tactic:
+    def run(x2, qweight, scales, global_scale, bias, size_n, size_k):
+        return torch.ops.nvfp4_C.marlin_gemm(x2, qweight, scales, global_scale.reshape(1), bias, size_n, size_k, config)
+
+    return Tactic(name, run)
+
+
+def _dequant_linear(x2, qweight, scales, global_scale, bias, size_n, size_k):
+    return F.linear(x2, dequantize_weight(qweight, scales, global_scale, size_n, size_k, x2.dtype), bias)
+
+
+def extension_build_id() -> str:
+    """Hash of the compiled extension: a rebuilt kernel gets a fresh cache scope."""
+    path = getattr(importlib.import_module(_C.EXTENSION), "__file__", None)
+    if not path:
+        return "unknown"
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()[:16]
+
+
+def library_version() -> str:
+    try:
+        version = metadata.version("nvfp4_compile")
+    except metadata.PackageNotFoundError:
+        version = "source"
+    return f"nvfp4_compile {version}; torch {torch.__version__}; cuda {torch.version.cuda}"
+
+
+@functools.cache
+def device_label(index: int) -> str:
+    props = torch.cuda.get_device_properties(index)
+    return f"{props.name} ({props.multi_processor_count} SMs)"
+
+
+@functools.cache
+def tactic_set() -> TacticSet:
+    if not available():
+        raise RuntimeError(f"nvfp4_compile: GEMM tactics need the CUDA extension ({_C.LOAD_ERROR or 'not built'})")
+    configs = list(torch.ops.nvfp4_C.marlin_gemm_configs())
+    tactics = [_marlin_tactic(f"marlin.{name}", i) for i, name in enumerate(configs)]
+    tactics.append(Tactic("dequant", _dequant_linear))
+    return TacticSet("marlin_gemm", tuple(tactics), fallback=_marlin_tactic("marlin", -1), build=extension_build_id())
+
+
+_selector: TacticSelector | None = None
+
+
+def selector() -> TacticSelector:
+    """The process-wide selector (cache: $NVFP4_COMPILE_CACHE_DIR or ~/.cache/nvfp4_compile)."""
+    global _selector
+    if _selector is None:
+        _selector = TacticSelector(tactic_set(), library_version())
+    return _selector
+
+
+def set_selector(new: TacticSelector | None) -> None:
+    """Replace the process-wide selector (None: a fresh default one on next use), e.g. to use another cache."""
+    global _selector
+    _selector = new
+
+
+def problem_key(x2: torch.Tensor, size_n: int, size_k: int) -> ProblemKey:
+    return ProblemKey(device_label(x2.device.index), int(size_n), int(size_k), m_bucket(x2.shape[0]),
+                      DTYPE_NAMES[x2.dtype])
+
+
+def _measure_on_random_activations(key: ProblemKey, device, dtype, args):
+    """measure(tactic) for the selector: median ms on random x [M bucket, K] (made once) and the real weights."""
+    x = None
+
+    def measure(tactic: Tactic) -> float:
+        nonlocal x
+        if x is None:
+            gen = torch.Generator(device=device).manual_seed(key.m_bucket)  # leaves the global RNG alone
+            x = torch.randn(key.m_bucket, key.k, device=device, generator=gen).to(dtype)
+        return cuda_median_ms(lambda: tactic.run(x, *args), device)
+
+    return measure
+
+
+def choose(x2, qweight, scales, global_scale, bias, size_n: int, size_k: int, gemm: str = "auto") -> Tactic:
+    ts = tactic_set()
+    if gemm == "marlin":
+        return ts.fallback
+    if gemm == "dequant":
+        return ts.get("dequant")
+    if gemm != "auto":
+        raise ValueError(f"nvfp4::marlin_gemm: gemm must be one of {GEMM_CHOICES}, got {gemm!r}")
+    key = problem_key(x2, size_n, size_k)
+    args = (qweight, scales, global_scale, bias, size_n, size_k)
+    return selector().select(key, _measure_on_random_activations(key, x2.device, x2.dtype, args))
+
+
+def run_gemm(x2, qweight, scales, global_scale, bias, size_n: int, size_k: int, gemm: str = "auto") -> torch.Tensor:
+    """x2 [M, K] (contiguous, 16-byte aligned) -> [M, N] with the tactic `gemm` names or auto selects."""
+    tactic = choose(x2, qweight, scales, global_scale, bias, size_n, size_k, gemm)
+    return tactic.run(x2, qweight, scales, global_scale, bias, size_n, size_k)
