@@ -29,7 +29,7 @@ from .passes.report import GraphReport
 
 NAME = "nvfp4_marlin"
 TARGETS = ("auto", "sm90", "cpu", "force")
-GEMMS = ("marlin", "bf16")
+GEMMS = ("auto", "marlin", "dequant", "bf16")
 MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 log = logging.getLogger("nvfp4_compile")
 _graph_counter = itertools.count()
@@ -40,7 +40,10 @@ class BackendOptions:
     dump_dir: str | None = None  # write each graph before/after every pass + the report here
     target: str = "auto"  # "auto" | "sm90" | "cpu" | "force", see decide_rewrite
     release_source_weights: bool = False  # free the FP4 source weights once repacked
-    gemm: str = "marlin"  # "marlin": W4A16 Marlin GEMM; "bf16": weights dequantized once, dense BF16 GEMM
+    # GEMM of each rewritten linear: "auto" (per shape, the fastest of the marlin_gemm tactics, profiled on first
+    # use: docs/tactics.md), "marlin" (the W4A16 kernel), "dequant" (FP4 weight dequantized per call + cuBLAS),
+    # "bf16" (weights dequantized once at compile time and kept as BF16 constants, dense BF16 GEMM)
+    gemm: str = "auto"
     mode: str | None = None  # torch.compile mode, mapped to Inductor config as torch.compile does
     inductor: dict = field(default_factory=dict)  # pass-through Inductor config patches
 

@@ -12,8 +12,9 @@ Two patterns, weights must be parameters/buffers (fold_constants then repacks th
   W4A16  dequantize(w_fp4, w_sf, d_w, dtype, swizzled) used as the weight of linear / mm / addmm / matmul
          (directly or through t / transpose / permute / .T) -> marlin_gemm(x, repack(w), d_w, bias).
 
-Swizzled weight scales get an unswizzle node (formats.unswizzle_scales) before the repack. With
-ctx.gemm == "bf16" the weight is dequantized instead (folded once to a BF16 constant) and fed to linear.
+Swizzled weight scales get an unswizzle node (formats.unswizzle_scales) before the repack. marlin_gemm gets
+ctx.gemm ("auto" | "marlin" | "dequant", its tactic choice) as its last argument. With ctx.gemm == "bf16"
+the weight is dequantized instead (folded once to a BF16 constant) and fed to linear.
 """
 from __future__ import annotations
 
@@ -75,7 +76,8 @@ def emit_gemm(gm, ctx: PassContext, x, w_fp4, w_sf, swizzled: bool, d_w, bias) -
         w = insert_call(gm, nvfp4_op("dequantize").default, (w_fp4, w_sf, d_w, val(x).dtype, swizzled))
         return mark_target(insert_call(gm, torch.ops.aten.linear.default, (x, w, bias)))
     q, s = emit_marlin_weight(gm, w_fp4, w_sf, swizzled)
-    return mark_target(insert_call(gm, nvfp4_op("marlin_gemm").default, (x, q, s, d_w, bias, int(n), 2 * int(half_k))))
+    return mark_target(insert_call(gm, nvfp4_op("marlin_gemm").default,
+                                   (x, q, s, d_w, bias, int(n), 2 * int(half_k), ctx.gemm)))
 
 
 def _target_name(ctx: PassContext) -> str:
@@ -178,7 +180,7 @@ class LinearPass:
         for consumer, x, bias in matched:
             with gm.graph.inserting_before(consumer):
                 new = mark_target(insert_call(
-                    gm, nvfp4_op("marlin_gemm").default, (x, q, s, a["global_scale"], bias, int(n), int(k))
+                    gm, nvfp4_op("marlin_gemm").default, (x, q, s, a["global_scale"], bias, int(n), int(k), ctx.gemm)
                 ), consumer)
             consumer.replace_all_uses_with(new)
             gm.graph.erase_node(consumer)

@@ -37,7 +37,7 @@ def is_weight_tensor(t: Any) -> bool:
 class PassContext:
     example_inputs: list
     report: GraphReport = field(default_factory=GraphReport)
-    gemm: str = "marlin"  # "marlin" (W4A16 kernel) or "bf16" (weights dequantized once, dense matmul)
+    gemm: str = "auto"  # marlin_gemm's gemm argument (auto/marlin/dequant) or "bf16" (weights dequantized once)
     # Filled by fold_constants: the compile-time constants the compiled graph takes as extra inputs.
     folded: list = field(default_factory=list)
     _constant: dict = field(default_factory=dict, repr=False)

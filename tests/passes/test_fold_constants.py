@@ -40,7 +40,7 @@ in5: weight bf16[96]
 in6: folded fp32[]
 in7: folded i32[4, 256]
 in8: folded u8[4, 128]
-marlin_gemm = nvfp4.marlin_gemm(in1, in7, in8, in6, None, 96, 64)  # bf16[2, 5, 96]
+marlin_gemm = nvfp4.marlin_gemm(in1, in7, in8, in6, None, 96, 64, 'auto')  # bf16[2, 5, 96]
 add = add(marlin_gemm, in5)  # bf16[2, 5, 96]
 return (add,)""")
         folded = ctx.report.folded

@@ -37,7 +37,7 @@ unswizzle_scales = unswizzle_scales(in3, 96, 4)  # e4m3[96, 4]
 marlin_repack = nvfp4.marlin_repack(in2, unswizzle_scales)
 getitem = getitem(marlin_repack, 0)  # i32[4, 256]
 getitem_1 = getitem(marlin_repack, 1)  # u8[4, 128]
-marlin_gemm = nvfp4.marlin_gemm(in1, getitem, getitem_1, mul, None, 96, 64)  # bf16[2, 5, 96]
+marlin_gemm = nvfp4.marlin_gemm(in1, getitem, getitem_1, mul, None, 96, 64, 'auto')  # bf16[2, 5, 96]
 return (marlin_gemm,)""")
         assert ctx.report.count("linear_w4a4") == 1 and not ctx.report.skipped
 
@@ -62,7 +62,7 @@ in4: weight bf16[96]
 marlin_repack = nvfp4.marlin_repack(in0, in1)
 getitem = getitem(marlin_repack, 0)  # i32[4, 256]
 getitem_1 = getitem(marlin_repack, 1)  # u8[4, 128]
-marlin_gemm = nvfp4.marlin_gemm(in3, getitem, getitem_1, in2, in4, 96, 64)  # bf16[7, 96]
+marlin_gemm = nvfp4.marlin_gemm(in3, getitem, getitem_1, in2, in4, 96, 64, 'auto')  # bf16[7, 96]
 return (marlin_gemm,)""")
         assert ctx.report.count("linear_w4a16") == 1
 

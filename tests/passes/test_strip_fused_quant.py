@@ -43,7 +43,7 @@ unswizzle_scales = unswizzle_scales(in5, 128, 4)  # e4m3[128, 4]
 marlin_repack = nvfp4.marlin_repack(in4, unswizzle_scales)
 getitem = getitem(marlin_repack, 0)  # i32[4, 256]
 getitem_1 = getitem(marlin_repack, 1)  # u8[4, 128]
-marlin_gemm = nvfp4.marlin_gemm(dequantize, getitem, getitem_1, mul, None, 128, 64)  # bf16[2, 3, 128]
+marlin_gemm = nvfp4.marlin_gemm(dequantize, getitem, getitem_1, mul, None, 128, 64, 'auto')  # bf16[2, 3, 128]
 silu_and_mul_quant = nvfp4.silu_and_mul_quant(marlin_gemm, in7)
 a_fp4 = getitem(silu_and_mul_quant, 0)  # u8[2, 3, 32]
 a_sf = getitem(silu_and_mul_quant, 1)  # e4m3[128, 4]
@@ -55,7 +55,7 @@ unswizzle_scales_1 = unswizzle_scales(in9, 64, 4)  # e4m3[64, 4]
 marlin_repack_1 = nvfp4.marlin_repack(in8, unswizzle_scales_1)
 getitem_2 = getitem(marlin_repack_1, 0)  # i32[4, 128]
 getitem_3 = getitem(marlin_repack_1, 1)  # u8[4, 64]
-marlin_gemm_1 = nvfp4.marlin_gemm(dequantize_1, getitem_2, getitem_3, mul_1, None, 64, 64)  # bf16[2, 3, 64]
+marlin_gemm_1 = nvfp4.marlin_gemm(dequantize_1, getitem_2, getitem_3, mul_1, None, 64, 64, 'auto')  # bf16[2, 3, 64]
 return (marlin_gemm_1, res)""")
         after_strip, ctx = run_passes(gm, ex, [LinearPass(), StripFusedQuant()])
         # ... which strip replaces with the BF16 value the producer would have quantized.
@@ -80,7 +80,7 @@ unswizzle_scales = unswizzle_scales(in5, 128, 4)  # e4m3[128, 4]
 marlin_repack = nvfp4.marlin_repack(in4, unswizzle_scales)
 getitem = getitem(marlin_repack, 0)  # i32[4, 256]
 getitem_1 = getitem(marlin_repack, 1)  # u8[4, 128]
-marlin_gemm = nvfp4.marlin_gemm(getitem_4, getitem, getitem_1, mul, None, 128, 64)  # bf16[2, 3, 128]
+marlin_gemm = nvfp4.marlin_gemm(getitem_4, getitem, getitem_1, mul, None, 128, 64, 'auto')  # bf16[2, 3, 128]
 silu_and_mul_value = silu_and_mul_value(marlin_gemm)  # bf16[2, 3, 64]
 truediv_1 = truediv(in10, in7)  # fp32[]
 mul_1 = aten.mul(truediv_1, in7)  # fp32[]
@@ -88,7 +88,7 @@ unswizzle_scales_1 = unswizzle_scales(in9, 64, 4)  # e4m3[64, 4]
 marlin_repack_1 = nvfp4.marlin_repack(in8, unswizzle_scales_1)
 getitem_2 = getitem(marlin_repack_1, 0)  # i32[4, 128]
 getitem_3 = getitem(marlin_repack_1, 1)  # u8[4, 64]
-marlin_gemm_1 = nvfp4.marlin_gemm(silu_and_mul_value, getitem_2, getitem_3, mul_1, None, 64, 64)  # bf16[2, 3, 64]
+marlin_gemm_1 = nvfp4.marlin_gemm(silu_and_mul_value, getitem_2, getitem_3, mul_1, None, 64, 64, 'auto')  # bf16[2, 3, 64]
 return (marlin_gemm_1, getitem_5)""")
         assert ctx.report.count("fused_quant") == 2 and ctx.report.count("linear_w4a4") == 2
 
