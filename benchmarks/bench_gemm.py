@@ -3,7 +3,8 @@
     python benchmarks/bench_gemm.py [--quick] [--csv out.csv]
 
 For (N, K) in the Llama-style shapes and M in {1, 16, 64, 256, 1024, 4096}: median time per GEMM of
-  ours    nvfp4::marlin_gemm (BF16 activations, FP4 weights + scale codes)
+  marlin  nvfp4::marlin_gemm(..., gemm="marlin"): the W4A16 kernel (BF16 activations, FP4 weights + scale codes)
+  auto    nvfp4::marlin_gemm(..., gemm="auto"): the tactic the op picks (kernel or dequantize + cuBLAS)
   cublas  x @ w.t() with BF16 weights
   floor   (FP4 weight bytes + scale bytes + activations in + out) / measured device-to-device copy bandwidth
 Timing: each measured callable is captured in a CUDA graph that runs it over several input sets (rotated so
@@ -84,15 +85,18 @@ def bench_shape(n: int, k: int, m_values, l2_bytes: int, bandwidth: float, gen: 
     w_bf16 = [torch.randn(n, k, device=DEV, generator=gen).to(torch.bfloat16) for _ in range(bf16_sets)]
     for m in m_values:
         xs = [torch.randn(m, k, device=DEV, generator=gen).to(torch.bfloat16) for _ in range(max(n_sets, bf16_sets))]
-        ours_calls = [
-            (lambda x=xs[i], q=weights[i][0], s=weights[i][1]: torch.ops.nvfp4.marlin_gemm(x, q, s, gs, None, n, k))
-            for i in range(n_sets)
-        ]
-        cublas_calls = [(lambda x=xs[i], w=w_bf16[i]: x @ w.t()) for i in range(bf16_sets)]
-        ours = time_calls(ours_calls)
-        cublas = time_calls(cublas_calls)
+
+        def op_calls(gemm):
+            return [
+                (lambda x=xs[i], q=weights[i][0], s=weights[i][1]: torch.ops.nvfp4.marlin_gemm(x, q, s, gs, None, n, k, gemm))
+                for i in range(n_sets)
+            ]
+
+        marlin = time_calls(op_calls("marlin"))
+        auto = time_calls(op_calls("auto"))
+        cublas = time_calls([(lambda x=xs[i], w=w_bf16[i]: x @ w.t()) for i in range(bf16_sets)])
         floor = (fp4_bytes + 2 * m * k + 2 * m * n) / bandwidth * 1e3
-        rows.append((n, k, m, ours, cublas, floor))
+        rows.append((n, k, m, marlin, auto, cublas, floor))
         del xs
     del weights, w_bf16
     torch.cuda.empty_cache()
@@ -114,22 +118,24 @@ def main() -> None:
     print(f"device-to-device copy bandwidth: {bandwidth / 1e12:.2f} TB/s; L2 {l2_bytes / 2**20:.0f} MiB")
     gen = torch.Generator(device=DEV).manual_seed(0)
     shapes = SHAPES[:2] if args.quick else SHAPES
-    header = f"{'N':>6} {'K':>6} {'M':>5} | {'ours us':>9} {'cuBLAS us':>9} {'floor us':>9} | {'ours/floor':>10} {'cuBLAS/ours':>11} {'ours TFLOP/s':>12}"
+    header = (f"{'N':>6} {'K':>6} {'M':>5} | {'marlin us':>9} {'auto us':>9} {'cuBLAS us':>9} {'floor us':>9} | "
+              f"{'marlin/floor':>12} {'cuBLAS/marlin':>13} {'cuBLAS/auto':>11} {'marlin TF/s':>11}")
     print(header)
     print("-" * len(header))
     all_rows = []
     for n, k in shapes:
         for row in bench_shape(n, k, M_VALUES, l2_bytes, bandwidth, gen):
-            n_, k_, m, ours, cublas, floor = row
-            tflops = 2 * m * n_ * k_ / (ours * 1e-3) / 1e12
-            print(f"{n_:>6} {k_:>6} {m:>5} | {ours * 1e3:>9.1f} {cublas * 1e3:>9.1f} {floor * 1e3:>9.1f} | "
-                  f"{ours / floor:>10.2f} {cublas / ours:>11.2f} {tflops:>12.1f}", flush=True)
+            n_, k_, m, marlin, auto, cublas, floor = row
+            tflops = 2 * m * n_ * k_ / (marlin * 1e-3) / 1e12
+            print(f"{n_:>6} {k_:>6} {m:>5} | {marlin * 1e3:>9.1f} {auto * 1e3:>9.1f} {cublas * 1e3:>9.1f} "
+                  f"{floor * 1e3:>9.1f} | {marlin / floor:>12.2f} {cublas / marlin:>13.2f} {cublas / auto:>11.2f} "
+                  f"{tflops:>11.1f}", flush=True)
             all_rows.append(row)
     if args.csv:
         with open(args.csv, "w") as f:
-            f.write("n,k,m,ours_us,cublas_us,floor_us\n")
-            for n_, k_, m, ours, cublas, floor in all_rows:
-                f.write(f"{n_},{k_},{m},{ours * 1e3:.3f},{cublas * 1e3:.3f},{floor * 1e3:.3f}\n")
+            f.write("n,k,m,marlin_us,auto_us,cublas_us,floor_us\n")
+            for n_, k_, m, marlin, auto, cublas, floor in all_rows:
+                f.write(f"{n_},{k_},{m},{marlin * 1e3:.3f},{auto * 1e3:.3f},{cublas * 1e3:.3f},{floor * 1e3:.3f}\n")
 
 
 if __name__ == "__main__":

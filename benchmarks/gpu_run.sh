@@ -17,7 +17,7 @@ fi
 echo "build: $(( $(date +%s) - start )) s"
 grep -E "registers|spill" "$OUT/build.log" | sort | uniq -c | head -20
 "$PY" -c "from nvfp4_compile.ops import _C; print('extension loaded:', _C.LOADED, _C.LOAD_ERROR or '')"
-"$PY" benchmarks/sass_stats.py 2>&1 | tee "$OUT/sass_stats.txt"
+mkdir -p "$OUT/sass" && "$PY" benchmarks/sass_stats.py "$OUT/sass" 2>&1 | tee "$OUT/sass_stats.txt"
 
 start=$(date +%s)
 timeout "${TEST_TIMEOUT:-240}" "$PY" -m pytest -q -p no:cacheprovider tests/gpu tests/formats/test_marlin_layout.py \

@@ -1,5 +1,8 @@
 """Instruction mix of the compiled Marlin GEMM kernels (cuobjdump -sass on the built extension): how many
-non-MMA instructions each HMMA costs, loads per stage, spills (LDL/STL). Prints one line per kernel."""
+non-MMA instructions each HMMA costs, loads per stage, spills (LDL/STL). Prints one line per kernel.
+
+    python benchmarks/sass_stats.py [DIR]   also writes the SASS of the bf16 m16 and large kernels to DIR/
+"""
 import collections
 import glob
 import re
@@ -20,5 +23,10 @@ for body in re.split(r"\n\s*Function : ", sass)[1:]:
     total = sum(ops.values())
     cfg = re.search(r"GemmConfigI(.*?)EEE", name)
     keys = ("HMMA", "LDSM", "LDS", "LOP3", "SHF", "HFMA2", "HMUL2", "PRMT", "IMAD", "LDGSTS", "BAR", "LDL", "STL")
-    print(("bf16" if "bfloat16" in name else "fp16"), cfg.group(1) if cfg else name[:60], "total", total,
-          " ".join(f"{k}={ops[k]}" for k in keys))
+    label = cfg.group(1) if cfg else name[:60]
+    print(("bf16" if "bfloat16" in name else "fp16"), label, "total", total, " ".join(f"{k}={ops[k]}" for k in keys))
+    dense = "ELb1E" not in name  # the grouped (MoE) instantiation has kMoe = true
+    if len(sys.argv) > 1 and "bfloat16" in name and dense and label.startswith(("Li1ELi1E", "Li4ELi2E")):
+        safe = re.sub(r"[^A-Za-z0-9]+", "_", label)[:40]
+        with open(f"{sys.argv[1]}/sass_{safe}.txt", "w") as f:
+            f.write(body)

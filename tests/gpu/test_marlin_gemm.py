@@ -1,5 +1,7 @@
 """The CUDA Marlin kernels (csrc/) against the Python layout reference and an FP32 GEMM reference.
 
+Kernel tests force gemm="marlin" (the W4A16 kernel, config by M) or call nvfp4_C.marlin_gemm with each tile
+config forced; gemm="auto" may pick the dequantize + cuBLAS tactic and is checked separately.
 Skips without CUDA. On a CUDA machine the compiled extension must be loaded (a missing build fails loudly
 rather than silently testing the torch fallback)."""
 import random
@@ -101,9 +103,13 @@ def reference_gemm(x, w, sf, gs, bias=None):
     return out.reshape(*x.shape[:-1], w.shape[0])
 
 
-def run_gemm(x, q, s, gs, bias, n, k):
+def run_gemm(x, q, s, gs, bias, n, k, gemm="marlin", config=None):
+    """The op (gemm tactic) or, with `config`, the kernel with that tile config forced; poisoned output."""
     poisoned = poisoned_output_block(x.numel() // k * n, x.dtype)
-    out = ops.marlin_gemm(x, q, s, gs, bias, n, k)
+    if config is None:
+        out = ops.marlin_gemm(x, q, s, gs, bias, n, k, gemm)
+    else:
+        out = torch.ops.nvfp4_C.marlin_gemm(x, q, s, gs.reshape(1), bias, n, k, config)
     torch.cuda.synchronize()
     return out, out.data_ptr() == poisoned
 
@@ -143,9 +149,13 @@ def test_gemm_matches_fp32_reference(m, n, k, dtype, with_bias):
     assert rel_err(out, ref) < 1e-2
 
 
+CONFIGS = range(4)  # nvfp4_C.marlin_gemm_configs(): m16, m32, m64, large
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("m", [1, 16, 40, 64, 2304])
-def test_identity_gemm_reproduces_every_weight_exactly(dtype, m):
+@pytest.mark.parametrize("m", [1, 16, 40, 2304])
+@pytest.mark.parametrize("config", CONFIGS)
+def test_identity_gemm_reproduces_every_weight_exactly(dtype, m, config):
     """x = rows of the identity: out[i, n] = w[n, i] exactly (one product, no accumulation rounding). Block b
     of every row has the b-th finite E4M3 value as its scale (all 254: +-0, subnormals, up to +-448) over
     random nibbles, so every (nibble, scale) pair goes through the in-register dequantization."""
@@ -159,9 +169,39 @@ def test_identity_gemm_reproduces_every_weight_exactly(dtype, m):
     rows = torch.randperm(k, generator=g)[:m].sort().values.to(DEV)
     x = torch.eye(k, device=DEV, dtype=dtype)[rows]
     gs = torch.ones((), device=DEV)
-    out, _ = run_gemm(x, q, s, gs, None, n, k)
+    out, _ = run_gemm(x, q, s, gs, None, n, k, config=config)
     expected = dequantize_nvfp4(w, sf, gs, torch.float32).T[rows]
     assert torch.equal(out.float(), expected), (out.float() - expected).abs().max()
+
+
+def test_config_names():
+    assert list(torch.ops.nvfp4_C.marlin_gemm_configs()) == ["m16", "m32", "m64", "large"]
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+@pytest.mark.parametrize("m,n,k", [(1, 192, 4096), (33, 100, 240), (200, 4096, 192), (7, 130, 1856)])
+def test_every_tile_config_on_any_m(config, m, n, k):
+    """Each config is correct for any M (tiles beyond M, N, K padding, split-K on and off), with bias."""
+    g = torch.Generator(device=DEV).manual_seed(config * 7919 + m * 31 + n)
+    w, sf, gs = quantize_nvfp4(torch.randn(n, k, device=DEV, generator=g))
+    q, s = ops.marlin_repack(w, sf)
+    for dtype in (torch.bfloat16, torch.float16):
+        x = torch.randn(m, k, device=DEV, generator=g).to(dtype)
+        bias = torch.randn(n, device=DEV, generator=g).to(dtype)
+        out, _ = run_gemm(x, q, s, gs, bias, n, k, config=config)
+        assert not torch.isnan(out).any()
+        assert rel_err(out, reference_gemm(x, w, sf, gs, bias)) < 1e-2
+
+
+@pytest.mark.parametrize("gemm", ["auto", "dequant"])
+def test_other_tactics_agree(gemm):
+    n, k = 4096, 4096
+    w, sf, gs = quantize_nvfp4(torch.randn(n, k, device=DEV))
+    q, s = ops.marlin_repack(w, sf)
+    for m in (1, 300, 2048):
+        x = torch.randn(m, k, device=DEV).to(torch.bfloat16)
+        out, _ = run_gemm(x, q, s, gs, None, n, k, gemm=gemm)
+        assert rel_err(out, reference_gemm(x, w, sf, gs)) < 1e-2
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
@@ -192,13 +232,13 @@ def test_bias_3d_and_non_contiguous_x():
     q, s = ops.marlin_repack(w, sf)
     bias = torch.randn(n, device=DEV).to(torch.bfloat16)
     x3 = torch.randn(3, 5, k, device=DEV).to(torch.bfloat16)
-    out3 = ops.marlin_gemm(x3, q, s, gs, bias, n, k)
+    out3 = ops.marlin_gemm(x3, q, s, gs, bias, n, k, "marlin")
     assert tuple(out3.shape) == (3, 5, n)
     assert rel_err(out3, reference_gemm(x3, w, sf, gs, bias)) < 1e-2
     xt = torch.randn(k, 9, device=DEV).to(torch.bfloat16).t()
-    assert torch.equal(ops.marlin_gemm(xt, q, s, gs, bias, n, k), ops.marlin_gemm(xt.contiguous(), q, s, gs, bias, n, k))
+    assert torch.equal(ops.marlin_gemm(xt, q, s, gs, bias, n, k, "marlin"), ops.marlin_gemm(xt.contiguous(), q, s, gs, bias, n, k, "marlin"))
     xs = torch.randn(9, 2 * k, device=DEV).to(torch.bfloat16)[:, 1 : k + 1]  # misaligned rows
-    assert torch.equal(ops.marlin_gemm(xs, q, s, gs, bias, n, k), ops.marlin_gemm(xs.contiguous(), q, s, gs, bias, n, k))
+    assert torch.equal(ops.marlin_gemm(xs, q, s, gs, bias, n, k, "marlin"), ops.marlin_gemm(xs.contiguous(), q, s, gs, bias, n, k, "marlin"))
 
 
 @pytest.mark.parametrize("m,n,k", [(1, 64, 14336), (65536, 64, 128), (5, 100, 240), (77, 130, 1856)])
@@ -218,17 +258,17 @@ def test_deterministic_and_cuda_graph_replay_identical():
     q, s = ops.marlin_repack(w, sf)
     for m in (1, 16, 64, 512):
         x = torch.randn(m, k, device=DEV).to(torch.bfloat16)
-        eager = ops.marlin_gemm(x, q, s, gs, None, n, k)
-        assert torch.equal(eager, ops.marlin_gemm(x, q, s, gs, None, n, k))
+        eager = ops.marlin_gemm(x, q, s, gs, None, n, k, "marlin")
+        assert torch.equal(eager, ops.marlin_gemm(x, q, s, gs, None, n, k, "marlin"))
         static_x = x.clone()
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):
-            ops.marlin_gemm(static_x, q, s, gs, None, n, k)  # warm-up outside capture
+            ops.marlin_gemm(static_x, q, s, gs, None, n, k, "marlin")  # warm-up outside capture
         torch.cuda.current_stream().wait_stream(stream)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
-            static_out = ops.marlin_gemm(static_x, q, s, gs, None, n, k)
+            static_out = ops.marlin_gemm(static_x, q, s, gs, None, n, k, "marlin")
         for _ in range(3):
             graph.replay()
             torch.cuda.synchronize()
@@ -237,7 +277,7 @@ def test_deterministic_and_cuda_graph_replay_identical():
         static_x.copy_(x2)
         graph.replay()
         torch.cuda.synchronize()
-        assert torch.equal(static_out, ops.marlin_gemm(x2, q, s, gs, None, n, k))
+        assert torch.equal(static_out, ops.marlin_gemm(x2, q, s, gs, None, n, k, "marlin"))
 
 
 def test_scale_codes_decode_matches_e4m3_on_device():
