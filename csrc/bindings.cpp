@@ -11,6 +11,7 @@ TORCH_LIBRARY(nvfp4_C, m) {
   m.def(
       "marlin_moe(Tensor x, Tensor topk_ids, Tensor topk_weights, Tensor w13_q, Tensor w13_s, Tensor w13_gs, "
       "Tensor w2_q, Tensor w2_s, Tensor w2_gs, int activation, int inter_size) -> Tensor");
+  m.def("moe_align(Tensor topk_ids, int num_experts, int rows) -> (Tensor, Tensor, Tensor)");
   m.def("marlin_repack(Tensor w_fp4, Tensor w_sf) -> (Tensor, Tensor)");
   m.def(
       "marlin_gemm(Tensor x, Tensor qweight, Tensor scales, Tensor global_scale, Tensor? bias, int size_n, "
@@ -23,6 +24,7 @@ TORCH_LIBRARY(nvfp4_C, m) {
 
 TORCH_LIBRARY_IMPL(nvfp4_C, CUDA, m) {
   m.impl("marlin_moe", &nvfp4::marlin_moe);
+  m.impl("moe_align", &nvfp4::moe_align);
   m.impl("marlin_repack", &nvfp4::marlin_repack);
   m.impl("marlin_gemm", &nvfp4::marlin_gemm);
   m.impl("marlin_dequantize", &nvfp4::marlin_dequantize);

@@ -9,6 +9,8 @@
 // Ids outside [0, E) are routed nowhere (the reduction skips their slots). The order of ids inside an expert's
 // run depends on atomic arrival order; the GEMM computes every row independently, so results do not.
 #include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
 
 #include "moe/moe.h"
 
@@ -120,6 +122,27 @@ void launch_moe_align(const at::Tensor& topk_ids, int num_experts, int rows, int
   moe_align_kernel<<<1, kAlignThreads, 0, stream>>>(topk_ids.data_ptr(), ids64, static_cast<int>(topk_ids.numel()),
                                                    num_experts, rows, sorted_ids, tile_expert, num_padded);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> moe_align(const at::Tensor& topk_ids, int64_t num_experts,
+                                                         int64_t rows) {
+  TORCH_CHECK(topk_ids.is_cuda() && topk_ids.dim() == 2 &&
+                  (topk_ids.scalar_type() == at::kInt || topk_ids.scalar_type() == at::kLong),
+              "nvfp4_C::moe_align: topk_ids must be a CUDA int32/int64 [M, k] tensor");
+  TORCH_CHECK(rows >= 1 && rows <= 1024, "nvfp4_C::moe_align: rows must be in [1, 1024]");
+  const c10::cuda::CUDAGuard guard(topk_ids.device());
+  const at::Tensor ids = topk_ids.contiguous();
+  const int64_t max_tiles = std::max<int64_t>(moe_max_tiles(ids.numel(), num_experts, static_cast<int>(rows)), 1);
+  auto opts = ids.options().dtype(at::kInt);
+  at::Tensor sorted_ids = at::empty({max_tiles * rows}, opts);
+  at::Tensor tile_expert = at::empty({max_tiles}, opts);
+  at::Tensor num_padded = at::zeros({1}, opts);
+  if (ids.numel() > 0) {
+    launch_moe_align(ids, static_cast<int>(num_experts), static_cast<int>(rows), sorted_ids.data_ptr<int>(),
+                     tile_expert.data_ptr<int>(), num_padded.data_ptr<int>(),
+                     c10::cuda::getCurrentCUDAStream(ids.get_device()));
+  }
+  return {sorted_ids, tile_expert, num_padded};
 }
 
 }  // namespace nvfp4

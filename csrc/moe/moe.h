@@ -4,8 +4,10 @@
 #pragma once
 
 #include <ATen/ATen.h>
+#include <cuda_runtime_api.h>
 
 #include <cstdint>
+#include <tuple>
 
 namespace nvfp4 {
 
@@ -46,6 +48,11 @@ int64_t moe_max_tiles(int64_t num_ids, int64_t num_experts, int rows);
 // topk_ids [M, k] int32/int64 -> sorted_ids / tile_expert / num_padded (device buffers of the sizes above).
 void launch_moe_align(const at::Tensor& topk_ids, int num_experts, int rows, int* sorted_ids, int* tile_expert,
                       int* num_padded, cudaStream_t stream);
+
+// The same as a private op (tests): topk_ids [M, k] on a CUDA device -> (sorted_ids, tile_expert, num_padded)
+// sized for the worst case.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> moe_align(const at::Tensor& topk_ids, int64_t num_experts,
+                                                         int64_t rows);
 
 // One grouped GEMM: C[id] = A[id / a_row_div] @ deq(B[e])^T * gs[e] for each routed row id of expert e.
 struct MoeGemmArgs {
