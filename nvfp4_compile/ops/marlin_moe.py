@@ -12,19 +12,23 @@
 
 Numerics are fused_moe's W4A16 path exactly (FP32 GEMMs, activation rounded to x.dtype, FP32 top-k sum,
 one final rounding): the reference kernel un-repacks the stacks (formats.marlin, which dequantize to the
-same values as the originals) and runs fused_moe's reference on them. The CUDA kernel comes later; until
-then CUDA runs the same reference.
+same values as the originals) and runs fused_moe's reference on them. CUDA runs csrc/moe (docs/moe.md) when
+the extension is built, else the same reference. The kernel rounds the first GEMM's output and the second
+GEMM's per-slot output to x.dtype (the reference keeps them in FP32): close, not bit-identical. It never
+syncs with the host, so it cannot raise on expert ids outside [0, E): those slots add nothing.
 """
 from __future__ import annotations
 
 import torch
 
 from ..formats.marlin import check_layout, marlin_unrepack_reference
+from . import _C
 from .moe import ACTIVATIONS, _fused_moe
-from .source import check_dtype, check_shape, define_op
+from .source import check_dtype, check_shape
 
 OP = "marlin_moe"
 _GATED = {"silu": True, "relu2": False}
+_KERNEL_ACTIVATION = {"silu": 0, "relu2": 1}  # the activation argument of torch.ops.nvfp4_C.marlin_moe
 
 
 def _check_marlin_moe(x, topk_ids, topk_weights, w13_q, w13_s, w13_gs, w2_q, w2_s, w2_gs, activation, inter_size):
@@ -69,15 +73,35 @@ def _marlin_moe(x, topk_ids, topk_weights, w13_q, w13_s, w13_gs, w2_q, w2_s, w2_
     return _fused_moe(x, topk_ids, topk_weights, w13, w13_sf, w13_gs, w2, w2_sf, w2_gs, None, None, activation)
 
 
+def _kernel(*args):
+    return torch.ops.nvfp4_C.marlin_moe(*args)
+
+
+def _marlin_moe_cuda(x, topk_ids, topk_weights, w13_q, w13_s, w13_gs, w2_q, w2_s, w2_gs, activation, inter_size):
+    _check_marlin_moe(x, topk_ids, topk_weights, w13_q, w13_s, w13_gs, w2_q, w2_s, w2_gs, activation, inter_size)
+    if not _C.has_kernel(OP):
+        return _marlin_moe(x, topk_ids, topk_weights, w13_q, w13_s, w13_gs, w2_q, w2_s, w2_gs, activation, inter_size)
+    x = x.contiguous()
+    if x.data_ptr() % 16:
+        x = x.clone()  # the kernel reads rows with 16-byte cp.async; a fresh allocation is aligned
+    return _kernel(
+        x, topk_ids.contiguous(), topk_weights.contiguous(),
+        w13_q.contiguous(), w13_s.contiguous(), w13_gs.contiguous(),
+        w2_q.contiguous(), w2_s.contiguous(), w2_gs.contiguous(),
+        _KERNEL_ACTIVATION[activation], inter_size,
+    )
+
+
 def _marlin_moe_fake(x, topk_ids, topk_weights, w13_q, w13_s, w13_gs, w2_q, w2_s, w2_gs, activation, inter_size):
     _check_marlin_moe(x, topk_ids, topk_weights, w13_q, w13_s, w13_gs, w2_q, w2_s, w2_gs, activation, inter_size)
     return x.new_empty(x.shape)
 
 
-define_op(
-    OP,
+torch.library.define(
+    f"nvfp4::{OP}",
     "(Tensor x, Tensor topk_ids, Tensor topk_weights, Tensor w13_q, Tensor w13_s, Tensor w13_gs, "
     "Tensor w2_q, Tensor w2_s, Tensor w2_gs, str activation, int inter_size) -> Tensor",
-    _marlin_moe,
-    _marlin_moe_fake,
 )
+torch.library.impl(f"nvfp4::{OP}", "cpu", _marlin_moe)
+torch.library.impl(f"nvfp4::{OP}", "cuda", _marlin_moe_cuda)
+torch.library.register_fake(f"nvfp4::{OP}", _marlin_moe_fake)
