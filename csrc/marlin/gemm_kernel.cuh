@@ -13,7 +13,7 @@
 // A rows beyond M and K columns beyond size_k are zero-filled by cp.async, B/scale rows and tiles beyond the
 // padded sizes likewise, so nothing outside the tensors is read.
 //
-// The tile loop (load_stage / compute_stage / reduce) only sees row pointers and B/scale bases, so a MoE
+// The tile loop (load_next / compute_stage / reduce) only sees row pointers and B/scale bases, so a MoE
 // variant can gather A rows through an index array and offset B/scales per expert.
 #pragma once
 
@@ -133,44 +133,69 @@ __global__ void __launch_bounds__(Cfg::THREADS, Cfg::MIN_BLOCKS) marlin_gemm_ker
   const int k16_rows = p.k_pad / 16;
   const int n_tiles64 = p.n_pad / 64;
 
-  // ---- loads of one stage (all threads) -------------------------------------------------------------
-  auto load_stage = [&](int stage, int kt) {
-    uint8_t* base = smem + stage * Cfg::STAGE_BYTES;
-    int4* a_sh = reinterpret_cast<int4*>(base);
-    int4* b_sh = reinterpret_cast<int4*>(base + Cfg::A_BYTES);
-    int4* s_sh = reinterpret_cast<int4*>(base + Cfg::A_BYTES + Cfg::B_BYTES);
-    const int k0 = kt * Cfg::TK;
+  // ---- load plan (all threads): fixed shared-memory offsets, global pointers set up once and advanced one
+  // k-tile per load, so a stage costs a handful of adds and predicates besides the cp.async themselves.
+  // A rows that feed nothing (beyond M, MoE padding) are not loaded: an MMA row depends only on its own A
+  // row and those rows are never stored. Columns >= K of live rows, B rows >= K_pad and tiles >= N_pad are
+  // zero-filled (the padded weights are zero, and 0 * garbage could be NaN).
+  constexpr int A_ITERS = Cfg::ROWS * Cfg::A_CHUNKS / Cfg::THREADS;
+  constexpr int B_ITERS = Cfg::K16 * Cfg::TN / 2 / Cfg::THREADS;
+  constexpr int S_CHUNKS = Cfg::K16 * Cfg::TN / 16;
+  const T* a_src[A_ITERS];
+  int a_col[A_ITERS];
+  uint32_t a_dst[A_ITERS];
 #pragma unroll
-    for (int it = 0; it < Cfg::ROWS * Cfg::A_CHUNKS / Cfg::THREADS; ++it) {
-      const int i = tid + it * Cfg::THREADS;
-      const int r = i / Cfg::A_CHUNKS, c = i % Cfg::A_CHUNKS;
-      const int row = m0 + r, col = k0 + c * 8;
-      // Rows >= M are not loaded: an MMA row depends only on its own A row and those rows are never stored.
-      // Columns >= K inside live rows are zero-filled (the padded weights are zero, 0 * garbage could be NaN).
-      const int64_t id = routed_id(row);
-      if (id >= 0) {
-        const int64_t a_row = kMoe ? static_cast<int>(id) / p.moe.a_row_div : id;
-        const bool ok = col < p.k;
-        cp_async16(&a_sh[r * Cfg::A_CHUNKS + (c ^ (r & 7))], ok ? a_base + a_row * p.lda + col : a_base, ok);
+  for (int it = 0; it < A_ITERS; ++it) {
+    const int i = tid + it * Cfg::THREADS;
+    const int r = i / Cfg::A_CHUNKS, c = i % Cfg::A_CHUNKS;
+    const int64_t id = routed_id(m0 + r);
+    const int64_t a_row = kMoe ? static_cast<int>(id) / p.moe.a_row_div : id;
+    a_col[it] = kt_begin * Cfg::TK + c * 8;
+    a_src[it] = id >= 0 ? a_base + a_row * p.lda + a_col[it] : nullptr;
+    a_dst[it] = (r * Cfg::A_CHUNKS + (c ^ (r & 7))) * 16;
+  }
+  const int64_t b_step = static_cast<int64_t>(Cfg::K16) * (p.n_pad / 2);  // int4 per k-tile
+  const int4* b_src[B_ITERS];
+  int b_k16[B_ITERS];
+  bool b_tile_ok[B_ITERS];
+#pragma unroll
+  for (int it = 0; it < B_ITERS; ++it) {
+    const int i = tid + it * Cfg::THREADS;
+    const int r = i / (Cfg::TN / 2), c = i % (Cfg::TN / 2);
+    b_k16[it] = kt_begin * Cfg::K16 + r;
+    b_tile_ok[it] = (n0 / 64 + c / 32) < n_tiles64;
+    b_src[it] = b_base + static_cast<int64_t>(b_k16[it]) * (p.n_pad / 2) + n0 / 2 + c;
+  }
+  const int64_t s_step = static_cast<int64_t>(Cfg::K16) * p.n_pad;  // bytes per k-tile
+  const int s_r = tid / (Cfg::TN / 16), s_c = tid % (Cfg::TN / 16);
+  int s_k16 = kt_begin * Cfg::K16 + s_r;
+  const bool s_col_ok = tid < S_CHUNKS && n0 + s_c * 16 < p.n_pad;
+  const uint8_t* s_src = s_base + static_cast<int64_t>(s_k16) * p.n_pad + n0 + s_c * 16;
+
+  // Loads the next k-tile (k-tiles are loaded strictly in order) into `stage`.
+  auto load_next = [&](int stage) {
+    uint8_t* base = smem + stage * Cfg::STAGE_BYTES;
+#pragma unroll
+    for (int it = 0; it < A_ITERS; ++it) {
+      if (a_src[it] != nullptr) {
+        const bool ok = a_col[it] < p.k;
+        cp_async16(base + a_dst[it], ok ? a_src[it] : a_base, ok);
+        a_src[it] += Cfg::TK;
+        a_col[it] += Cfg::TK;
       }
     }
 #pragma unroll
-    for (int it = 0; it < Cfg::K16 * Cfg::TN / 2 / Cfg::THREADS; ++it) {
-      const int i = tid + it * Cfg::THREADS;
-      const int r = i / (Cfg::TN / 2), c = i % (Cfg::TN / 2);
-      const int k16 = kt * Cfg::K16 + r;
-      const bool ok = k16 < k16_rows && (n0 / 64 + c / 32) < n_tiles64;
-      const int4* src = ok ? b_base + static_cast<int64_t>(k16) * (p.n_pad / 2) + n0 / 2 + c : b_base;
-      cp_async16(&b_sh[i], src, ok);
+    for (int it = 0; it < B_ITERS; ++it) {
+      const bool ok = b_tile_ok[it] && b_k16[it] < k16_rows;
+      cp_async16(base + Cfg::A_BYTES + (tid + it * Cfg::THREADS) * 16, ok ? b_src[it] : b_base, ok);
+      b_src[it] += b_step;
+      b_k16[it] += Cfg::K16;
     }
-    constexpr int S_CHUNKS = Cfg::K16 * Cfg::TN / 16;
     if (tid < S_CHUNKS) {
-      const int r = tid / (Cfg::TN / 16), c = tid % (Cfg::TN / 16);
-      const int k16 = kt * Cfg::K16 + r;
-      const int col = n0 + c * 16;
-      const bool ok = k16 < k16_rows && col < p.n_pad;
-      const uint8_t* src = ok ? s_base + static_cast<int64_t>(k16) * p.n_pad + col : s_base;
-      cp_async16(&s_sh[tid], src, ok);
+      const bool ok = s_col_ok && s_k16 < k16_rows;
+      cp_async16(base + Cfg::A_BYTES + Cfg::B_BYTES + tid * 16, ok ? s_src : s_base, ok);
+      s_src += s_step;
+      s_k16 += Cfg::K16;
     }
   };
 
@@ -228,14 +253,14 @@ __global__ void __launch_bounds__(Cfg::THREADS, Cfg::MIN_BLOCKS) marlin_gemm_ker
   // ---- pipelined main loop ----------------------------------------------------------------------------
 #pragma unroll
   for (int s = 0; s < Cfg::STAGES - 1; ++s) {
-    if (s < num_k) load_stage(s, kt_begin + s);
+    if (s < num_k) load_next(s);
     cp_async_commit();
   }
   for (int i = 0; i < num_k; ++i) {
     cp_async_wait<Cfg::STAGES - 2>();
     __syncthreads();  // stage i landed for everyone; stage i-1 (overwritten next) is no longer read
     const int next = i + Cfg::STAGES - 1;
-    if (next < num_k) load_stage(next % Cfg::STAGES, kt_begin + next);
+    if (next < num_k) load_next(next % Cfg::STAGES);
     cp_async_commit();
     compute_stage(i % Cfg::STAGES);
   }
