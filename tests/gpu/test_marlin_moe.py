@@ -21,16 +21,17 @@ def gen(seed):
     return torch.Generator(device="cpu").manual_seed(seed)
 
 
-def expert_stack(e, rows, k, seed, device=DEV):
+def expert_stack(e, rows, k, seed, device=None):
     """Random packed FP4 bytes, positive E4M3 block scales over 2^-6..16, decode scales ~ 1/(3 sqrt(k))."""
     g = gen(seed)
     w = torch.randint(0, 256, (e, rows, k // 2), dtype=torch.uint8, generator=g)
     sf = torch.exp2(torch.rand(e, rows, k // 16, generator=g) * 10 - 6).to(torch.float8_e4m3fn)
     gs = (torch.rand(e, generator=g) + 0.5) / (3 * k**0.5)
+    device = device or DEV
     return w.to(device), sf.to(device), gs.to(device)
 
 
-def routing(m, e, k, seed, skew=None, unused=(), id_dtype=torch.int64, weight_dtype=torch.float32, device=DEV):
+def routing(m, e, k, seed, skew=None, unused=(), id_dtype=torch.int64, weight_dtype=torch.float32, device=None):
     """topk_ids [m, k] with distinct experts per token (never those in `unused`); skew=(expert, fraction)
     puts `expert` in slot 0 of that fraction of tokens. Router weights: softmax of random logits."""
     g = gen(seed)
@@ -46,6 +47,7 @@ def routing(m, e, k, seed, skew=None, unused=(), id_dtype=torch.int64, weight_dt
                 row[where[0, 0]] = row[0]
             row[0] = hot
     weights = torch.softmax(torch.randn(m, k, generator=g), dim=-1)
+    device = device or DEV
     return ids.to(id_dtype).to(device), weights.to(weight_dtype).to(device)
 
 
