@@ -172,3 +172,18 @@ def listing(gm) -> str:
 def count_ops(gm, name: str) -> int:
     """Call nodes whose readable target ('nvfp4.marlin_gemm', 'aten.linear', 'rms_norm_value') contains name."""
     return sum(1 for n in gm.graph.nodes if n.op in ("call_function", "call_method") and name in short_target(n))
+
+
+def count_repacks(monkeypatch) -> list:
+    """Patch the CPU kernel of nvfp4::marlin_repack to record the shape of every weight it repacks."""
+    import nvfp4_compile.ops.marlin as marlin_ops
+
+    calls = []
+    original = marlin_ops.marlin_repack_reference
+
+    def counting(*args):
+        calls.append(tuple(args[0].shape))
+        return original(*args)
+
+    monkeypatch.setattr(marlin_ops, "marlin_repack_reference", counting)
+    return calls

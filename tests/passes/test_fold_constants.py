@@ -3,9 +3,8 @@ compiles, in-place refresh of stale constants, and ReleasedWeight."""
 import expecttest
 import pytest
 import torch
-from op_models import MoE, QuantLinear, capture, count_ops, listing, make_input, make_weight, run_passes
+from op_models import MoE, count_repacks, QuantLinear, capture, count_ops, listing, make_input, make_weight, run_passes
 
-import nvfp4_compile.ops.marlin as marlin_ops
 from nvfp4_compile.formats import swizzle_scales
 from nvfp4_compile.passes import default_passes
 from nvfp4_compile.passes.folded_constants import FoldedInputs, ReleasedWeight, release
@@ -13,16 +12,7 @@ from nvfp4_compile.passes.folded_constants import FoldedInputs, ReleasedWeight, 
 
 @pytest.fixture
 def repack_calls(monkeypatch):
-    """Counts reference repacks (the CPU kernel of nvfp4::marlin_repack)."""
-    calls = []
-    original = marlin_ops.marlin_repack_reference
-
-    def counting(*args):
-        calls.append(args[0].shape)
-        return original(*args)
-
-    monkeypatch.setattr(marlin_ops, "marlin_repack_reference", counting)
-    return calls
+    return count_repacks(monkeypatch)
 
 
 class TestFoldGolden(expecttest.TestCase):
