@@ -22,7 +22,8 @@ import sys
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:0] = [HERE, os.path.dirname(HERE)]  # bench_gemm; the package from this checkout
 from bench_gemm import copy_bandwidth, time_calls  # noqa: E402  (same timing method as the GEMM benchmark)
 
 import nvfp4_compile  # noqa: E402,F401  registers torch.ops.nvfp4.*
@@ -93,6 +94,16 @@ def time_eager(call, reps: int = 10) -> float:
     return sorted(times)[len(times) // 2]
 
 
+def time_graph_or_eager(calls, reps, min_calls, label):
+    """time_calls (CUDA graph); if capture fails, say why and time the first call eagerly instead."""
+    try:
+        return time_calls(calls, reps=reps, min_calls=min_calls), "graph"
+    except Exception as exc:  # noqa: BLE001  report and keep benchmarking
+        print(f"  {label}: graph capture failed ({type(exc).__name__}: {str(exc)[:120]}); timing eagerly")
+        torch.cuda.synchronize()
+        return time_eager(calls[0], reps=reps), "eager"
+
+
 def grouped_mm_works(w13t, w2t, inter) -> bool:
     if not hasattr(torch, "_grouped_mm"):
         return False
@@ -127,10 +138,10 @@ def bench_model(name, e, k, h, inter, m_values, bandwidth, gen):
         ]
         min_calls = 32 if m <= 64 else 8 if m <= 1024 else 4
         reps = 30 if m <= 1024 else 10
-        ours = time_calls(ours_calls, reps=reps, min_calls=min_calls)
+        ours, _ = time_graph_or_eager(ours_calls, reps, min_calls, "ours")
         if grouped:
-            bf16 = time_calls([(lambda x=x, ids=ids, w=w: bf16_moe(x, ids, w, w13t, w2t, inter)) for x, ids, w in sets],
-                              reps=reps, min_calls=min_calls)
+            bf16_calls = [(lambda x=x, ids=ids, w=w: bf16_moe(x, ids, w, w13t, w2t, inter)) for x, ids, w in sets]
+            bf16, _ = time_graph_or_eager(bf16_calls, reps, min_calls, "bf16")
         else:
             bf16 = time_eager(lambda: bf16_moe_loop(*sets[0], w13t, w2t, inter))
         floor = (touched * expert_bytes + 4 * m * h) / bandwidth * 1e3
