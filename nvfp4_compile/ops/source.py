@@ -171,7 +171,9 @@ def define_op(name: str, schema: str, reference, fake) -> None:
     """Define nvfp4::<name> with one reference kernel for cpu and cuda and a fake kernel."""
     qualname = f"nvfp4::{name}"
     torch.library.define(qualname, schema)
-    torch.library.impl(qualname, ("cpu", "cuda"), reference)
+    # Kernels run eagerly; without disable, Dynamo would compile their Python frames whenever an op runs
+    # outside a compiled graph (a skipped or graph-broken frame), with the user's backend.
+    torch.library.impl(qualname, ("cpu", "cuda"), torch.compiler.disable(reference))
     torch.library.register_fake(qualname, fake)
 
 
