@@ -102,6 +102,7 @@ torch.library.define(
     "(Tensor x, Tensor topk_ids, Tensor topk_weights, Tensor w13_q, Tensor w13_s, Tensor w13_gs, "
     "Tensor w2_q, Tensor w2_s, Tensor w2_gs, str activation, int inter_size) -> Tensor",
 )
-torch.library.impl(f"nvfp4::{OP}", "cpu", _marlin_moe)
-torch.library.impl(f"nvfp4::{OP}", "cuda", _marlin_moe_cuda)
+# Kernels run eagerly: disabled for Dynamo as source.define_op does (a graph-broken frame must not compile them).
+torch.library.impl(f"nvfp4::{OP}", "cpu", torch.compiler.disable(_marlin_moe))
+torch.library.impl(f"nvfp4::{OP}", "cuda", torch.compiler.disable(_marlin_moe_cuda))
 torch.library.register_fake(f"nvfp4::{OP}", _marlin_moe_fake)
