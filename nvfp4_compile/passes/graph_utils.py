@@ -100,11 +100,18 @@ def describe(value: Any) -> str:
 
 
 def fake_mode_of(gm: fx.GraphModule):
+    """The FakeTensorMode of the graph's recorded values (cached on the graph: passes ask per inserted node)."""
+    cached = getattr(gm.graph, "_nvfp4_fake_mode", False)
+    if cached is not False:
+        return cached
+    mode = None
     for node in gm.graph.nodes:
         v = val(node)
         if isinstance(v, torch._subclasses.FakeTensor):
-            return v.fake_mode
-    return None
+            mode = v.fake_mode
+            break
+    gm.graph._nvfp4_fake_mode = mode
+    return mode
 
 
 def _meta_value(graph_module: fx.GraphModule, target: Callable, args: tuple, kwargs: dict):
