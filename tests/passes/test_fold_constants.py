@@ -3,7 +3,7 @@ compiles, in-place refresh of stale constants, and ReleasedWeight."""
 import expecttest
 import pytest
 import torch
-from op_models import MoE, count_repacks, QuantLinear, capture, count_ops, listing, make_input, make_weight, run_passes
+from op_models import MoE, count_repacks, QuantLinear, capture, listing, make_input, make_weight, run_passes
 
 from nvfp4_compile.formats import swizzle_scales
 from nvfp4_compile.passes import default_passes

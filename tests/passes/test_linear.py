@@ -222,3 +222,22 @@ def test_gemm_bf16_option_folds_a_dense_weight():
     assert ctx.report.rewrites[0].target == "aten.linear (bf16 weight)"
     with torch.no_grad():
         torch.testing.assert_close(out(*ex)[0].float(), model.w4a16_reference(x).float(), atol=2e-2, rtol=2e-2)
+
+
+def test_stacked_weight_outside_fused_moe_is_reported():
+    class Stacked(nn.Module):
+        def __init__(self):
+            super().__init__()
+            parts = [make_weight(48, 32, seed=s) for s in (1, 2)]
+            self.register_buffer("w", torch.stack([p[0] for p in parts]))
+            self.register_buffer("sf", torch.stack([p[1] for p in parts]))
+            self.register_buffer("d", parts[0][2])
+
+        def forward(self, x):
+            w = torch.ops.nvfp4.dequantize(self.w, self.sf, self.d, x.dtype, False)
+            return torch.bmm(x, w.transpose(1, 2))
+
+    gm, ex = capture(Stacked(), make_input(2, 3, 32))
+    out, ctx = run_passes(gm, ex, [LinearPass()])
+    assert not ctx.report.rewrites and count_ops(out, "marlin") == 0
+    assert "is not 2-D" in ctx.report.skipped[0].reason
