@@ -106,7 +106,7 @@ def _codes_to_tiles(codes: torch.Tensor) -> torch.Tensor:
     x = codes.reshape(*lead, nt, 4, 2, 8, kt, 2, 4, 2)
     nl = len(lead)
     x = x.permute(*range(nl), *(nl + p for p in _TILE_PERM))  # [..., KT, NT, tq, tr, w, 8 values]
-    x = x.reshape(*lead, kt, nt, 32, 4, 8)[..., _NIBBLE_SRC]  # values in nibble order
+    x = x.reshape(*lead, kt, nt, 32, 4, 8)[..., _NIBBLE_SRC.to(x.device)]  # values in nibble order
     packed = pack_fp4(x)  # [..., 4 bytes]: nibble 2b in the low half of byte b (little-endian int32)
     return packed.contiguous().view(torch.int32).reshape(*lead, kt, nt * 128)
 
@@ -116,7 +116,7 @@ def _tiles_to_codes(qweight: torch.Tensor) -> torch.Tensor:
     *lead, kt, two_n = qweight.shape
     nt = two_n // 128
     nibbles = unpack_fp4(qweight.contiguous().view(torch.uint8)).reshape(*lead, kt, nt, 32, 4, 8)
-    values = nibbles[..., _NIBBLE_INV].reshape(*lead, kt, nt, 8, 4, 4, 2, 2, 2)  # [.., tq, tr, w, h, kh, kl]
+    values = nibbles[..., _NIBBLE_INV.to(nibbles.device)].reshape(*lead, kt, nt, 8, 4, 4, 2, 2, 2)  # [.., tq, tr, w, h, kh, kl]
     nl = len(lead)
     inv = [0] * 8
     for dst, src in enumerate(_TILE_PERM):

@@ -74,8 +74,9 @@ def _marlin_repack_fake(w_fp4, w_sf):
 torch.library.define(
     "nvfp4::marlin_repack", "(Tensor w_fp4, Tensor w_sf) -> (Tensor qweight, Tensor scales)"
 )
-torch.library.impl("nvfp4::marlin_repack", "cpu", _marlin_repack_cpu)
-torch.library.impl("nvfp4::marlin_repack", "cuda", _marlin_repack_cuda)
+# compiler.disable: Dynamo must never trace the kernels' own Python (see ops/source.define_op)
+torch.library.impl("nvfp4::marlin_repack", "cpu", torch.compiler.disable(_marlin_repack_cpu))
+torch.library.impl("nvfp4::marlin_repack", "cuda", torch.compiler.disable(_marlin_repack_cuda))
 torch.library.register_fake("nvfp4::marlin_repack", _marlin_repack_fake)
 
 
@@ -160,6 +161,6 @@ torch.library.define(
     "(Tensor x, Tensor qweight, Tensor scales, Tensor global_scale, Tensor? bias, int size_n, int size_k, "
     'str gemm="auto") -> Tensor',
 )
-torch.library.impl("nvfp4::marlin_gemm", "cpu", _marlin_gemm_cpu)
-torch.library.impl("nvfp4::marlin_gemm", "cuda", _marlin_gemm_cuda)
+torch.library.impl("nvfp4::marlin_gemm", "cpu", torch.compiler.disable(_marlin_gemm_cpu))
+torch.library.impl("nvfp4::marlin_gemm", "cuda", torch.compiler.disable(_marlin_gemm_cuda))
 torch.library.register_fake("nvfp4::marlin_gemm", _marlin_gemm_fake)
