@@ -34,13 +34,13 @@ inline int sm_count(int device) {
   return count[device];
 }
 
-template <typename T, class Cfg>
+template <typename T, class Cfg, bool kMoe = false>
 int configured_occupancy(int device) {
   // Per (kernel, device): raise the dynamic shared-memory limit once and remember resident CTAs per SM.
   static std::array<int, kMaxDevices> occupancy{};
   TORCH_CHECK(device >= 0 && device < kMaxDevices, "nvfp4_C: device index out of range");
   if (occupancy[device] == 0) {
-    auto kernel = marlin_gemm_kernel<T, Cfg>;
+    auto kernel = marlin_gemm_kernel<T, Cfg, kMoe>;
     C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Cfg::SMEM_BYTES));
     int blocks = 0;
     C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, kernel, Cfg::THREADS, Cfg::SMEM_BYTES));

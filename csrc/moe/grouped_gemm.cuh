@@ -20,20 +20,6 @@
 namespace nvfp4 {
 
 template <typename T, class Cfg>
-int moe_occupancy(int device) {
-  static std::array<int, kMaxDevices> occupancy{};
-  TORCH_CHECK(device >= 0 && device < kMaxDevices, "nvfp4_C: device index out of range");
-  if (occupancy[device] == 0) {
-    auto kernel = marlin_gemm_kernel<T, Cfg, true>;
-    C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Cfg::SMEM_BYTES));
-    int blocks = 0;
-    C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, kernel, Cfg::THREADS, Cfg::SMEM_BYTES));
-    occupancy[device] = std::max(blocks, 1);
-  }
-  return occupancy[device];
-}
-
-template <typename T, class Cfg>
 void launch_moe_gemm_config(const MoeGemmArgs& args, const MoeRouting& routing, int device) {
   MarlinGemmParams p{};
   p.a = args.a;
@@ -60,7 +46,7 @@ void launch_moe_gemm_config(const MoeGemmArgs& args, const MoeRouting& routing, 
   p.moe.s_stride = static_cast<int64_t>(args.k_pad / 16) * args.n_pad;
   TORCH_CHECK(p.m_tiles <= 65535, "nvfp4_C::marlin_moe: too many routed rows for one launch");
 
-  const int occupancy = moe_occupancy<T, Cfg>(device);
+  const int occupancy = configured_occupancy<T, Cfg, /*kMoe=*/true>(device);
   const int64_t slots = static_cast<int64_t>(sm_count(device)) * occupancy;
   const int64_t busy_tiles = static_cast<int64_t>(std::max(1, routing.expected_tiles)) * p.n_tiles;
   int splits = 1;
