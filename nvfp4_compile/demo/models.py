@@ -80,31 +80,50 @@ class MLP(nn.Module):
 
 
 class Experts(nn.Module):
-    """Stacked experts in the transformers 5 form: forward(hidden, top_k_index, top_k_weights)."""
+    """Stacked experts in the transformers 5 form (MixtralExperts / Qwen3MoeExperts): gate_up_proj
+    [E, 2I, H] gate rows first, down_proj [E, H, I], forward(hidden_states, top_k_index, top_k_weights).
+    gated=False is the non-gated relu2 form (up_proj [E, I, H]). seed: a private generator (tests), else the
+    global RNG."""
 
-    def __init__(self, num_experts: int, hidden: int, intermediate: int):
+    def __init__(self, num_experts: int, hidden: int, intermediate: int, gated: bool = True, seed: int | None = None):
         super().__init__()
-        self.num_experts = num_experts
-        self.gate_up_proj = nn.Parameter(torch.randn(num_experts, 2 * intermediate, hidden) * hidden**-0.5)
-        self.down_proj = nn.Parameter(torch.randn(num_experts, hidden, intermediate) * intermediate**-0.5)
-        self.act_fn = F.silu
+        g = None if seed is None else torch.Generator().manual_seed(seed)
+        self.num_experts, self.gated = num_experts, gated
+        rows = 2 * intermediate if gated else intermediate
+        up = torch.randn(num_experts, rows, hidden, generator=g) * hidden**-0.5
+        if gated:
+            self.gate_up_proj = nn.Parameter(up)
+            self.act_fn = nn.SiLU()
+        else:
+            self.up_proj = nn.Parameter(up)
+            self.act_fn = lambda t: torch.relu(t).square()
+        self.down_proj = nn.Parameter(torch.randn(num_experts, hidden, intermediate, generator=g) * intermediate**-0.5)
 
     def forward(self, hidden_states, top_k_index, top_k_weights):
         out = torch.zeros_like(hidden_states)
+        w13 = self.gate_up_proj if self.gated else self.up_proj
         for e in range(self.num_experts):
             tok, slot = torch.where(top_k_index == e)
-            gate, up = F.linear(hidden_states[tok], self.gate_up_proj[e]).chunk(2, dim=-1)
-            y = F.linear(self.act_fn(gate) * up, self.down_proj[e])
+            h = F.linear(hidden_states[tok], w13[e])
+            if self.gated:
+                gate, up = h.chunk(2, dim=-1)
+                h = self.act_fn(gate) * up
+            else:
+                h = self.act_fn(h)
+            y = F.linear(h, self.down_proj[e])
             out.index_add_(0, tok, (y * top_k_weights[tok, slot, None]).to(out.dtype))
         return out
 
 
 class SparseMoeBlock(nn.Module):
-    def __init__(self, cfg: TinyConfig):
+    """Router (softmax, top-k, renormalized) + stacked experts, as Mixtral / Qwen3-MoE do it."""
+
+    def __init__(self, hidden: int, intermediate: int, num_experts: int, top_k: int, gated: bool = True,
+                 seed: int | None = None):
         super().__init__()
-        self.top_k = cfg.top_k
-        self.gate = nn.Linear(cfg.hidden, cfg.experts, bias=False)
-        self.experts = Experts(cfg.experts, cfg.hidden, cfg.moe_intermediate)
+        self.top_k = top_k
+        self.gate = nn.Linear(hidden, num_experts, bias=False)
+        self.experts = Experts(num_experts, hidden, intermediate, gated, seed)
 
     def forward(self, x):
         shape = x.shape
@@ -121,7 +140,8 @@ class DecoderLayer(nn.Module):
         self.input_layernorm = RMSNorm(cfg.hidden, cfg.eps)
         self.self_attn = Attention(cfg)
         self.post_attention_layernorm = RMSNorm(cfg.hidden, cfg.eps)
-        self.mlp = SparseMoeBlock(cfg) if cfg.experts else MLP(cfg.hidden, cfg.intermediate)
+        self.mlp = (SparseMoeBlock(cfg.hidden, cfg.moe_intermediate, cfg.experts, cfg.top_k) if cfg.experts
+                    else MLP(cfg.hidden, cfg.intermediate))
 
     def forward(self, x):
         x = x + self.self_attn(self.input_layernorm(x))
