@@ -15,6 +15,7 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import warnings
 from dataclasses import dataclass, field, fields
 from typing import Any, Callable
 
@@ -142,6 +143,13 @@ def _training_reason(example_inputs) -> str | None:
     return None
 
 
+def _calls_nvfp4_ops(gm: fx.GraphModule) -> bool:
+    return any(
+        n.op == "call_function" and isinstance(n.target, torch._ops.OpOverload) and n.target.namespace == "nvfp4"
+        for n in gm.graph.nodes
+    )
+
+
 # ----------------------------------------------------------------------------------------------------
 # The compiled graph at run time
 # ----------------------------------------------------------------------------------------------------
@@ -184,6 +192,9 @@ def compile_graph(gm: fx.GraphModule, example_inputs: list, options: BackendOpti
     training = _training_reason(example_inputs)
     rewrite, why = (False, training) if training else decide_rewrite(options.target, device)
     report.decision = why
+    if training and _calls_nvfp4_ops(gm):
+        # Only the explain report would say it otherwise, and the user gets the slow reference ops.
+        warnings.warn(f"nvfp4_marlin: {training}", stacklevel=2)
     config = options.inductor_config()
     if not rewrite:
         _publish(report, on_report)
