@@ -24,7 +24,7 @@ import torch.fx as fx
 
 from . import ops  # noqa: F401  (registers torch.ops.nvfp4.*)
 from .passes.folded_constants import FoldedInputs, ReleasedWeight, release
-from .passes.graph_utils import clone_graph_module
+from .passes.graph_utils import clone_graph_module, packet_of
 from .passes.manager import PassContext, PassManager, default_passes, is_weight_tensor
 from .passes.report import GraphReport
 
@@ -145,7 +145,7 @@ def _training_reason(example_inputs) -> str | None:
 
 def _calls_nvfp4_ops(gm: fx.GraphModule) -> bool:
     return any(
-        n.op == "call_function" and isinstance(n.target, torch._ops.OpOverload) and n.target.namespace == "nvfp4"
+        n.op == "call_function" and getattr(packet_of(n.target), "_qualified_op_name", "").startswith("nvfp4::")
         for n in gm.graph.nodes
     )
 
