@@ -212,9 +212,7 @@ def compile_graph(gm: fx.GraphModule, example_inputs: list, options: BackendOpti
         if i not in keep:
             work.graph.erase_node(n)
     work.recompile()
-    folded = FoldedInputs()
-    for entry, accessors, new_inputs in ctx.folded:
-        folded.add(entry, accessors, list(range(len(new_inputs))))
+    folded = FoldedInputs(ctx.folded)
     inputs = [example_inputs[i] for i in keep] + folded.tensors()
     inner = compile_fx(work, inputs, config_patches=config)
     if options.release_source_weights:

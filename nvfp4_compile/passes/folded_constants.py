@@ -112,18 +112,15 @@ def fold(program: fx.GraphModule, key: str, sources: list[torch.Tensor], source_
 
 class FoldedInputs:
     """The compiled graph's view of its folded constants: where each entry's sources are among the graph's
-    inputs, and the tensors appended to every call."""
+    inputs, and the tensors appended to every call (every output of every entry, in the order fold_constants
+    added their placeholders)."""
 
-    def __init__(self):
-        self.entries: list[tuple[FoldedConstant, list]] = []  # (entry, source accessors: int index or tensor)
-        self.extra: list[tuple[FoldedConstant, int]] = []  # appended inputs: (entry, output index)
-
-    def add(self, entry: FoldedConstant, accessors: list, output_indices: list[int]) -> None:
-        self.entries.append((entry, accessors))
-        self.extra.extend((entry, i) for i in output_indices)
+    def __init__(self, folded: Sequence[tuple]):
+        # folded: PassContext.folded rows (entry, source accessors: int input index or tensor, new placeholders)
+        self.entries: list[tuple[FoldedConstant, list]] = [(entry, accessors) for entry, accessors, _ in folded]
 
     def tensors(self) -> list[torch.Tensor]:
-        return [entry.outputs[i] for entry, i in self.extra]
+        return [t for entry, _ in self.entries for t in entry.outputs]
 
     def refresh(self, args: Sequence) -> int:
         """Re-fold entries whose sources changed; returns how many were refreshed."""

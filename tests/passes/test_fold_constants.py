@@ -44,9 +44,7 @@ def test_folded_inputs_hold_the_values_the_graph_computed():
     x = make_input(3, 64)
     gm, ex = capture(model, x)
     out, ctx = run_passes(gm, ex, default_passes())
-    inputs = FoldedInputs()
-    for entry, accessors, new_inputs in ctx.folded:
-        inputs.add(entry, accessors, list(range(len(new_inputs))))
+    inputs = FoldedInputs(ctx.folded)
     q, s = torch.ops.nvfp4.marlin_repack(model.weight, _unswizzled(model))
     assert [t.shape for t in inputs.tensors()] == [q.shape, s.shape]
     assert torch.equal(inputs.tensors()[0], q) and torch.equal(inputs.tensors()[1], s)
@@ -77,9 +75,7 @@ def test_stale_constants_are_recomputed_in_place(repack_calls):
     model = QuantLinear(64, 96, act="bf16")
     gm, ex = capture(model, make_input(3, 64))
     _, ctx = run_passes(gm, ex, default_passes())
-    inputs = FoldedInputs()
-    for entry, accessors, new_inputs in ctx.folded:
-        inputs.add(entry, accessors, list(range(len(new_inputs))))
+    inputs = FoldedInputs(ctx.folded)
     before = [t.clone() for t in inputs.tensors()]
     ptrs = [t.data_ptr() for t in inputs.tensors()]
     assert inputs.refresh(ex) == 0 and len(repack_calls) == 1  # unchanged weights: nothing recomputed
