@@ -16,6 +16,7 @@ if ! "$PY" -c "import nvfp4_compile" 2>/dev/null \
 fi
 # Small pure-Python deps by name, only those missing (the GPU machine has no network but has most of them;
 # a carried wheel in .wheels/ is used first). transformers is for the tests on real model code.
+links=(); [ -d .wheels ] && links=(--find-links .wheels)
 for spec in "safetensors>=0.4:safetensors" "pytest>=7:pytest" "expecttest>=0.2:expecttest" "transformers>=5:transformers"; do
-  "$PY" -c "import ${spec##*:}" 2>/dev/null || "$PY" -m pip install -q --find-links .wheels "${spec%%:*}"
+  "$PY" -c "import ${spec##*:}" 2>/dev/null || "$PY" -m pip install -q "${links[@]}" "${spec%%:*}"
 done
