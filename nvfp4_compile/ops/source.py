@@ -189,22 +189,21 @@ def _check_quantize(op: str, x: torch.Tensor, global_scale: torch.Tensor) -> Non
     check_per_tensor_scale(op, "global_scale", global_scale)
 
 
-def _quantize(x, global_scale, swizzled=True):
-    _check_quantize("quantize", x, global_scale)
-    return _quantize_reference("quantize", x, global_scale, swizzled)
+def _define_quantize_of(op: str, value) -> None:
+    """nvfp4::<op>(x, global_scale encode, swizzled) = quantize(value(x)); value keeps x's shape and dtype."""
+
+    def reference(x, global_scale, swizzled=True):
+        _check_quantize(op, x, global_scale)
+        return _quantize_reference(op, value(x), global_scale, swizzled)
+
+    def fake(x, global_scale, swizzled=True):
+        _check_quantize(op, x, global_scale)
+        return _quantize_fake(x, swizzled)
+
+    define_op(op, "(Tensor x, Tensor global_scale, bool swizzled=True) -> (Tensor x_fp4, Tensor x_sf)", reference, fake)
 
 
-def _quantize_meta(x, global_scale, swizzled=True):
-    _check_quantize("quantize", x, global_scale)
-    return _quantize_fake(x, swizzled)
-
-
-define_op(
-    "quantize",
-    "(Tensor x, Tensor global_scale, bool swizzled=True) -> (Tensor x_fp4, Tensor x_sf)",
-    _quantize,
-    _quantize_meta,
-)
+_define_quantize_of("quantize", lambda x: x)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -394,21 +393,4 @@ define_op(
 
 
 # nvfp4::relu2_quant(x [..., K], global_scale fp32 encode, swizzled) -> quantize(relu(x)**2)
-
-
-def _relu2_quant(x, global_scale, swizzled=True):
-    _check_quantize("relu2_quant", x, global_scale)
-    return _quantize_reference("relu2_quant", relu2_value(x), global_scale, swizzled)
-
-
-def _relu2_quant_meta(x, global_scale, swizzled=True):
-    _check_quantize("relu2_quant", x, global_scale)
-    return _quantize_fake(x, swizzled)
-
-
-define_op(
-    "relu2_quant",
-    "(Tensor x, Tensor global_scale, bool swizzled=True) -> (Tensor x_fp4, Tensor x_sf)",
-    _relu2_quant,
-    _relu2_quant_meta,
-)
+_define_quantize_of("relu2_quant", relu2_value)
