@@ -28,13 +28,11 @@ _CACHE: WeakIdKeyDictionary = WeakIdKeyDictionary()  # first source tensor -> {k
 
 
 def _state(sources: Sequence[torch.Tensor]) -> tuple:
+    # Inference tensors keep no version counter (reading it raises, which costs microseconds on every call);
+    # for them only a new tensor is detected.
     out = []
     for t in sources:
-        try:
-            version = t._version
-        except RuntimeError:  # inference tensors keep no version counter; only a new tensor is detected
-            version = -1
-        out.append((t.data_ptr(), version))
+        out.append((t.data_ptr(), -1 if t.is_inference() else t._version))
     return tuple(out)
 
 

@@ -100,3 +100,13 @@ def test_released_weight_keeps_metadata_and_refuses_values():
         with pytest.raises(RuntimeError, match="released after repacking"):
             use()
     assert release(p) == 0  # idempotent
+
+
+def test_inference_tensor_sources_are_checked_by_address():
+    from nvfp4_compile.passes.folded_constants import _state
+
+    with torch.inference_mode():  # no version counter: reading _version would raise
+        w = torch.zeros(4)
+        w2 = torch.zeros(4)
+    assert _state([w]) == ((w.data_ptr(), -1),)
+    assert _state([w]) != _state([w2])
