@@ -225,15 +225,14 @@ def _release_sources(ctx: PassContext, example_inputs, keep, report: GraphReport
     """Free FP4 weights/scales that only feed folded constants (the compiled graph no longer reads them)."""
     freed = 0
     for entry, accessors, _ in ctx.folded:
-        released_here = False
         for a in accessors:
             if not isinstance(a, int) or a in keep:
                 continue
             t = example_inputs[a]
             if t.dtype in (torch.uint8, torch.float8_e4m3fn) and not isinstance(t, ReleasedWeight):
-                freed += release(t)
-                released_here = True
-        if released_here or any(isinstance(a, int) and isinstance(example_inputs[a], ReleasedWeight) for a in accessors):
+                freed += release(t)  # t is a ReleasedWeight from now on
+        # Released now or by an earlier compile of the same weights: either way the entry cannot refresh.
+        if any(isinstance(a, int) and isinstance(example_inputs[a], ReleasedWeight) for a in accessors):
             entry.mark_released()
     report.released_bytes = freed
     if freed:
