@@ -65,18 +65,38 @@ class PassContext:
         that fold_constants can compute once."""
         if not isinstance(node, fx.Node):
             return True
-        if node in self._constant:
-            return self._constant[node]
-        if node.op == "placeholder":
-            result = is_weight_tensor(self._inputs.get(node))
-        elif node.op == "get_attr":
-            result = True
-        elif node.op in ("call_function", "call_method"):
-            result = not _has_side_effects(node) and all(self.is_constant(a) for a in node.all_input_nodes)
-        else:
-            result = False
-        self._constant[node] = result
-        return result
+        # An explicit stack, not recursion: the activation chain of a whole model is thousands of nodes deep,
+        # past Python's recursion limit.
+        stack = [node]
+        while stack:
+            n = stack[-1]
+            if n in self._constant:
+                stack.pop()
+                continue
+            result = self._constant_from_inputs(n)
+            if isinstance(result, fx.Node):
+                stack.append(result)  # decide that input first, then n again
+                continue
+            self._constant[n] = result
+            stack.pop()
+        return self._constant[node]
+
+    def _constant_from_inputs(self, n: fx.Node) -> bool | fx.Node:
+        """is_constant(n) from its inputs' memoized answers (in order, stopping at the first False), or the
+        first input not decided yet."""
+        if n.op == "placeholder":
+            return is_weight_tensor(self._inputs.get(n))
+        if n.op == "get_attr":
+            return True
+        if n.op not in ("call_function", "call_method") or _has_side_effects(n):
+            return False
+        for a in n.all_input_nodes:
+            known = self._constant.get(a)
+            if known is None:
+                return a
+            if not known:
+                return False
+        return True
 
 
 _RANDOM = ("rand", "normal", "bernoulli", "dropout", "multinomial", "poisson", "uniform", "exponential")

@@ -110,3 +110,22 @@ def test_inference_tensor_sources_are_checked_by_address():
         w2 = torch.zeros(4)
     assert _state([w]) == ((w.data_ptr(), -1),)
     assert _state([w]) != _state([w2])
+
+
+def test_constness_of_a_deep_activation_chain_needs_no_recursion():
+    # A whole model's activation chain is thousands of nodes deep; a recursive walk hit the recursion limit.
+    import torch.fx as fx
+
+    from nvfp4_compile.passes.manager import PassContext
+
+    g = fx.Graph()
+    x, w = g.placeholder("x"), g.placeholder("w")
+    h, c = x, w
+    for _ in range(5000):
+        h = g.call_function(torch.add, (h, 1))
+        c = g.call_function(torch.mul, (c, 2))
+    g.output((h, c))
+    ctx = PassContext(example_inputs=[torch.zeros(1), torch.nn.Parameter(torch.zeros(1), requires_grad=False)])
+    ctx.bind(fx.GraphModule(torch.nn.Module(), g))
+    assert ctx.is_constant(h) is False and ctx.is_constant(c) is True
+    assert ctx.is_constant(g.call_function(torch.add, (c, h))) is False
