@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .experts import describe_experts, float_activation, is_experts_module
+from ..ops.moe import ACTIVATIONS as FP32_ACTIVATIONS
+from .experts import describe_experts, is_experts_module
 from .quant_state import DEFAULT_INPUT_SCALE  # noqa: F401  re-exported: the scale used without calibration
 
 
@@ -42,7 +43,7 @@ def _expert_amax(info, hidden, top_k_index):
     e = info.num_experts
     a13, a2 = torch.zeros(e), torch.zeros(e)
     x = hidden.float()
-    act = float_activation(info.activation)
+    act = FP32_ACTIVATIONS[info.activation]  # the nonlinearity fused_moe applies, in FP32
     for expert in top_k_index.unique().tolist():
         if not 0 <= expert < e:
             continue

@@ -26,13 +26,6 @@ ACTIVATIONS = ("silu", "relu2")  # silu: gated SwiGLU; relu2: non-gated relu(x)^
 _GATED = {"silu": True, "relu2": False}
 
 
-def float_activation(activation: str):
-    """The expert nonlinearity on FP32 values [.., rows of w13] -> [.., I] (gate first for silu)."""
-    if activation == "silu":
-        return lambda h: F.silu(h[..., : h.shape[-1] // 2]) * h[..., h.shape[-1] // 2 :]
-    return lambda h: torch.relu(h).square()
-
-
 @dataclass(frozen=True)
 class FloatExperts:
     """A recognized floating stacked-experts module: its sizes and weights in the NVFP4Experts layout."""
