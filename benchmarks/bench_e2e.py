@@ -14,36 +14,8 @@ from __future__ import annotations
 import argparse
 import copy
 import gc
-import statistics
 
 import torch
-
-
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def median_ms(fn, device, iters: int, warmup: int = 3) -> float:
-    import time
-
-    for _ in range(warmup):
-        fn()
-    _sync(device)
-    times = []
-    for _ in range(iters):
-        if device.type == "cuda":
-            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            a.record()
-            fn()
-            b.record()
-            b.synchronize()
-            times.append(a.elapsed_time(b))
-        else:
-            t0 = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
 
 
 def tensor_bytes(model: torch.nn.Module) -> int:
@@ -103,6 +75,7 @@ def main(argv=None):
         args.cache, args.prefill, args.iters = min(args.cache, 64), min(args.prefill, 64), min(args.iters, 3)
 
     import nvfp4_compile
+    from nvfp4_compile.demo.run import median_ms  # the demo's timing: warm-up, then CUDA events or wall clock
     from transformers import LlamaForCausalLM
 
     cfg = build_config(args)

@@ -18,7 +18,7 @@ from .. import explain, quantize_model
 from . import models
 
 
-def _median_ms(fn, device: torch.device, iters: int) -> float:
+def median_ms(fn, device: torch.device, iters: int) -> float:
     for _ in range(3):
         fn()
     times = []
@@ -71,9 +71,9 @@ def run_one(kind: str, device: torch.device, batch: int, seq: int, iters: int) -
             "max_abs_err_vs_w4a16_ref": (out.float() - ref.float()).abs().max().item(),
             "rel_err_vs_bf16": _rel_err(out, base),
             "eager_w4a4_rel_err_vs_bf16": _rel_err(w4a4, base),
-            "eager_bf16_ms": _median_ms(lambda: bf16(ids), device, iters),
-            "compiled_bf16_ms": _median_ms(lambda: compiled_bf16(ids), device, iters),
-            "nvfp4_marlin_ms": _median_ms(lambda: compiled(ids), device, iters),
+            "eager_bf16_ms": median_ms(lambda: bf16(ids), device, iters),
+            "compiled_bf16_ms": median_ms(lambda: compiled_bf16(ids), device, iters),
+            "nvfp4_marlin_ms": median_ms(lambda: compiled(ids), device, iters),
         }
     for k, v in result.items():
         print(f"  {k:26s} {v if isinstance(v, str) else f'{v:.4g}'}")
