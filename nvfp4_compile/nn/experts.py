@@ -20,10 +20,10 @@ import torch
 import torch.nn.functional as F
 
 from ..formats import BLOCK_SIZE
+from ..ops.moe import GATED
 from .quant_state import QuantizedBuffers, check_act, input_scale_from_amax, quantize_weight
 
 ACTIVATIONS = ("silu", "relu2")  # silu: gated SwiGLU; relu2: non-gated relu(x)^2
-_GATED = {"silu": True, "relu2": False}
 
 
 @dataclass(frozen=True)
@@ -74,7 +74,7 @@ def describe_experts(module) -> FloatExperts:
     if not (w13.is_floating_point() and w2.is_floating_point()):
         raise ValueError(f"expert weights are not floating ({w13.dtype}, {w2.dtype})")
     activation = probe_activation(getattr(module, "act_fn", None))
-    if activation is None or _GATED[activation] != gated:
+    if activation is None or GATED[activation] != gated:
         kind = "gated (gate_up_proj)" if gated else "non-gated (up_proj)"
         raise ValueError(f"unsupported activation {getattr(module, 'act_fn', None)!r} for {kind} experts "
                          "(supported: silu with gate_up_proj, relu2 with up_proj)")
@@ -109,7 +109,7 @@ class NVFP4Experts(QuantizedBuffers):
         self.num_experts, self.hidden_dim, self.intermediate_dim = num_experts, hidden_dim, intermediate_dim
         self.activation, self.act = activation, act
         e, h, i = num_experts, hidden_dim, intermediate_dim
-        rows = 2 * i if _GATED[activation] else i
+        rows = 2 * i if GATED[activation] else i
         kw = dict(device=device)
         self.register_buffer("w13", torch.zeros(e, rows, h // 2, dtype=torch.uint8, **kw))
         self.register_buffer("w13_scale", torch.zeros(e, rows, h // BLOCK_SIZE, dtype=torch.float8_e4m3fn, **kw))

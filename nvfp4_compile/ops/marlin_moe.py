@@ -23,11 +23,10 @@ import torch
 
 from ..formats.marlin import check_layout, marlin_unrepack_reference
 from . import _C
-from .moe import ACTIVATIONS, _fused_moe
+from .moe import ACTIVATIONS, GATED, _fused_moe
 from .source import check_dtype, check_shape
 
 OP = "marlin_moe"
-_GATED = {"silu": True, "relu2": False}
 _KERNEL_ACTIVATION = {"silu": 0, "relu2": 1}  # the activation argument of torch.ops.nvfp4_C.marlin_moe
 
 
@@ -46,7 +45,7 @@ def _check_marlin_moe(x, topk_ids, topk_weights, w13_q, w13_s, w13_gs, w2_q, w2_
     check_shape(OP, "topk_weights", topk_weights, tuple(topk_ids.shape), " (must match topk_ids)")
     if inter_size < 1:
         raise ValueError(f"nvfp4::{OP}: inter_size must be positive, got {inter_size}")
-    rows13 = 2 * inter_size if _GATED[activation] else inter_size
+    rows13 = 2 * inter_size if GATED[activation] else inter_size
     try:
         lead13 = check_layout(w13_q, w13_s, rows13, h, f"nvfp4::{OP} (w13)")
         lead2 = check_layout(w2_q, w2_s, h, inter_size, f"nvfp4::{OP} (w2)")

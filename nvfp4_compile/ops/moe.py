@@ -26,7 +26,7 @@ from .source import FLOAT_DTYPES, check_dtype, check_k, check_shape, define_op, 
 
 OP = "fused_moe"
 ACTIVATIONS = {"silu": silu_and_mul_fp32, "relu2": relu2_fp32}
-_GATED = {"silu": True, "relu2": False}
+GATED = {"silu": True, "relu2": False}  # silu: w13 = [gate; up] rows (2I); relu2: up rows only (I)
 
 
 def _check_expert_weight(name: str, w, sf, gs, e, rows, k) -> None:
@@ -64,7 +64,7 @@ def _check_fused_moe(x, topk_ids, topk_weights, w13, w13_sf, w13_gs, w2, w2_sf, 
     if w13.dim() != 3:
         raise ValueError(f"nvfp4::{OP}: w13 must be 3-D [E, 2I or I, H/2], got shape {tuple(w13.shape)}")
     e, rows13 = w13.shape[0], w13.shape[1]
-    gated = _GATED[activation]
+    gated = GATED[activation]
     if gated and rows13 % 2 != 0:
         raise ValueError(f"nvfp4::{OP}: w13 for 'silu' must have 2I rows (gate, up), got {rows13}")
     inter = rows13 // 2 if gated else rows13

@@ -25,6 +25,7 @@ import torch
 import torch.fx as fx
 
 from ..formats import BLOCK_SIZE, unswizzle_scales
+from ..ops.marlin import ACTIVATION_DTYPES  # what the Marlin kernels take
 from .graph_utils import (
     describe,
     getitem_source,
@@ -39,7 +40,6 @@ from .graph_utils import (
 )
 from .manager import PassContext
 
-ACTIVATION_DTYPES = (torch.bfloat16, torch.float16)
 # Producers of FP4 activations: op name -> output index of the block scales (x_fp4 is always output 0).
 FP4_PRODUCERS = {"quantize": 1, "rms_norm_quant": 1, "add_rms_norm_quant": 2, "silu_and_mul_quant": 1,
                  "relu2_quant": 1}
