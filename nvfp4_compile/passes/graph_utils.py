@@ -22,20 +22,17 @@ def packet_of(target: Any):
     return target.overloadpacket if isinstance(target, torch._ops.OpOverload) else target
 
 
-def is_op(node: Any, *names: str) -> bool:
-    """node calls torch.ops.nvfp4.<name> (any overload) for one of names."""
-    if not isinstance(node, fx.Node) or node.op != "call_function":
-        return False
-    target = packet_of(node.target)
-    return any(target is nvfp4_op(n) for n in names)
-
-
 def is_call(node: Any, *targets: Any) -> bool:
     """node is a call_function of one of targets (OpOverloads compared by packet)."""
     if not isinstance(node, fx.Node) or node.op != "call_function":
         return False
     t = packet_of(node.target)
     return any(t is packet_of(x) for x in targets)
+
+
+def is_op(node: Any, *names: str) -> bool:
+    """node calls torch.ops.nvfp4.<name> (any overload) for one of names."""
+    return is_call(node, *map(nvfp4_op, names))
 
 
 def is_method(node: Any, *names: str) -> bool:
