@@ -58,6 +58,85 @@ def decode_step_fn(model, cfg, batch: int, cache_len: int, device, compile_kwarg
         return lambda: compiled(ids, pos)
 
 
+def back_to_back_ms(fn, device, steps: int = 20, reps: int = 7) -> float:
+    """Decode-loop time per step: `steps` calls enqueued back to back between two CUDA events (the host's
+    per-call overhead overlaps the GPU work of the previous step, as in a serving loop), median over reps."""
+    import statistics
+
+    for _ in range(3):
+        fn()
+    if device.type != "cuda":
+        from nvfp4_compile.demo.run import median_ms
+
+        return median_ms(fn, device, reps)
+    times = []
+    for _ in range(reps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(steps):
+            fn()
+        end.record()
+        torch.cuda.synchronize(device)
+        times.append(start.elapsed_time(end) / steps)
+    return statistics.median(times)
+
+
+def closeness_rows(bf16, nvfp4, cfg, device) -> list:
+    """Logits on one prompt: compiled NVFP4 vs the eager W4A16 reference (same FP4 weights) and vs BF16."""
+    import nvfp4_compile
+
+    with torch.no_grad():
+        ids = torch.randint(0, cfg.vocab_size, (1, 128), device=device)
+        ref_model = copy.deepcopy(bf16)
+        nvfp4_compile.quantize_model(ref_model, act="bf16")
+        ref = ref_model(ids).logits.float()
+        del ref_model
+        gc.collect()
+        base = bf16(ids).logits.float()
+        out = torch.compile(nvfp4, backend="nvfp4_marlin")(ids).logits.float()
+        torch._dynamo.reset()
+    cos = torch.nn.functional.cosine_similarity
+    return [("logits cosine vs W4A16 reference", f"{cos(out.flatten(), ref.flatten(), dim=0).item():.6f}", ""),
+            ("logits cosine vs BF16", f"{cos(out.flatten(), base.flatten(), dim=0).item():.6f}", "")]
+
+
+def prefill_row(bf16, nvfp4, cfg, device, args, compile_kwargs) -> tuple:
+    """One prefill of --prefill tokens (no cache, last position's logits), median over a few calls."""
+    from nvfp4_compile.demo.run import median_ms
+
+    with torch.no_grad():
+        ids = torch.randint(0, cfg.vocab_size, (1, args.prefill), device=device)
+        res = []
+        for model, kw in zip((bf16, nvfp4), compile_kwargs):
+            c = torch.compile(lambda i, m=model: m(input_ids=i, use_cache=False, logits_to_keep=1).logits, **kw)
+            res.append(median_ms(lambda: c(ids), device, max(3, args.iters // 4)))
+            torch._dynamo.reset()
+    return (f"prefill {args.prefill} ms (bf16 | nvfp4)", f"{res[0]:.2f}", f"{res[1]:.2f}  ratio {res[1] / res[0]:.2f}x")
+
+
+def profile_step(fn, device, label: str, steps: int = 5) -> None:
+    """Why a step costs what it does: CUDA-graph skips Inductor reported, and the top kernels by GPU time."""
+    from torch._dynamo.utils import counters
+    from torch.profiler import ProfilerActivity, profile
+
+    skips = dict(counters["inductor"].get("cudagraph_skips", {}) or {}) if "cudagraph_skips" in counters["inductor"] else {}
+    print(f"\n[{label}] inductor counters: { {k: v for k, v in counters['inductor'].items() if 'cudagraph' in k} } "
+          f"skips {skips}")
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=acts) as prof:
+        for _ in range(steps):
+            fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+    averages = prof.key_averages()
+    calls = {e.key: e.count for e in averages}
+    launches = {k: calls.get(k, 0) // steps for k in ("cudaGraphLaunch", "cudaLaunchKernel", "cuLaunchKernel",
+                                                      "cudaMemsetAsync", "nvfp4::marlin_gemm")}
+    print(f"[{label}] per step: {launches}")
+    for key in (["self_cuda_time_total"] if device.type == "cuda" else []) + ["self_cpu_time_total"]:
+        print(averages.table(sort_by=key, row_limit=14, max_name_column_width=70))
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -68,6 +147,10 @@ def main(argv=None):
     p.add_argument("--prefill", type=int, default=2048)
     p.add_argument("--iters", type=int, default=20)
     p.add_argument("--mode", default="reduce-overhead")
+    p.add_argument("--profile", action="store_true", help="profile each decode step: CUDA-graph skips, top kernels")
+    p.add_argument("--skip-prefill", action="store_true")
+    p.add_argument("--gemm", default="auto", help="the backend's gemm option (auto | marlin | dequant | bf16)")
+    p.add_argument("--skip-closeness", action="store_true")
     args = p.parse_args(argv)
     torch.set_grad_enabled(False)  # inference benchmark: no autograd graphs anywhere
     device = torch.device(args.device)
@@ -87,30 +170,20 @@ def main(argv=None):
     n_conv = len(getattr(conv, "converted", []))
     mode = None if device.type == "cpu" else args.mode
     kw_bf16 = {"mode": mode} if mode else {}
-    kw_nv = {"backend": "nvfp4_marlin", **kw_bf16}
+    kw_nv = {"backend": nvfp4_compile.backend_with(mode=mode, gemm=args.gemm)}
 
     rows = []
     gname = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     print(f"device {gname}, torch {torch.__version__}, layers {cfg.num_hidden_layers}, hidden {cfg.hidden_size}, "
           f"converted {n_conv} linears, mode {mode}")
 
-    # Closeness on one prompt: compiled NVFP4 vs eager W4A16 reference (same FP4 weights) and vs BF16.
-    with torch.no_grad():
-        ids = torch.randint(0, cfg.vocab_size, (1, 128), device=device)
-        ref_model = copy.deepcopy(bf16)
-        nvfp4_compile.quantize_model(ref_model, act="bf16")
-        ref = ref_model(ids).logits.float()
-        del ref_model
-        gc.collect()
-        base = bf16(ids).logits.float()
-        out = torch.compile(nvfp4, backend="nvfp4_marlin")(ids).logits.float()
-        cos = torch.nn.functional.cosine_similarity
-        rows.append(("logits cosine vs W4A16 reference", f"{cos(out.flatten(), ref.flatten(), dim=0).item():.6f}", ""))
-        rows.append(("logits cosine vs BF16", f"{cos(out.flatten(), base.flatten(), dim=0).item():.6f}", ""))
-        torch._dynamo.reset()
+    if not args.skip_closeness:
+        rows += closeness_rows(bf16, nvfp4, cfg, device)
 
     wb, wn = tensor_bytes(bf16), tensor_bytes(nvfp4)
     rows.append(("weight memory GB (bf16 | nvfp4)", f"{wb / 1e9:.2f}", f"{wn / 1e9:.2f}  ({wn / wb:.3f}x)"))
+    lb, ln = tensor_bytes(bf16.model.layers), tensor_bytes(nvfp4.model.layers)
+    rows.append(("  of which decoder layers GB", f"{lb / 1e9:.2f}", f"{ln / 1e9:.2f}  ({ln / lb:.3f}x)"))
 
     for batch in [int(b) for b in args.batches.split(",")]:
         res = []
@@ -118,22 +191,20 @@ def main(argv=None):
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
             fn = decode_step_fn(model, cfg, batch, args.cache, device, kw)
-            ms = median_ms(fn, device, args.iters)
+            ms = back_to_back_ms(fn, device)
+            synced = median_ms(fn, device, args.iters)
+            if args.profile:
+                profile_step(fn, device, f"{'nvfp4' if kw.get('backend') else 'bf16'} decode b={batch}")
             peak = torch.cuda.max_memory_allocated(device) / 1e9 if device.type == "cuda" else float("nan")
-            res.append((ms, peak))
+            res.append((ms, peak, synced))
             torch._dynamo.reset()
-        (mb, pb), (mn, pn) = res
-        rows.append((f"decode b={batch} ms (bf16 | nvfp4)", f"{mb:.3f}", f"{mn:.3f}  speedup {mb / mn:.2f}x"))
+        (mb, pb, sb), (mn, pn, sn) = res
+        rows.append((f"decode b={batch} ms/step, back to back", f"{mb:.3f}", f"{mn:.3f}  speedup {mb / mn:.2f}x"))
+        rows.append((f"decode b={batch} ms, one synced step", f"{sb:.3f}", f"{sn:.3f}  speedup {sb / sn:.2f}x"))
         rows.append((f"decode b={batch} peak GB", f"{pb:.2f}", f"{pn:.2f}"))
 
-    with torch.no_grad():
-        ids = torch.randint(0, cfg.vocab_size, (1, args.prefill), device=device)
-        res = []
-        for model, kw in ((bf16, kw_bf16), (nvfp4, kw_nv)):
-            c = torch.compile(lambda i, m=model: m(input_ids=i, use_cache=False, logits_to_keep=1).logits, **kw)
-            res.append(median_ms(lambda: c(ids), device, max(3, args.iters // 4)))
-            torch._dynamo.reset()
-        rows.append((f"prefill {args.prefill} ms (bf16 | nvfp4)", f"{res[0]:.2f}", f"{res[1]:.2f}  ratio {res[1] / res[0]:.2f}x"))
+    if not args.skip_prefill:
+        rows.append(prefill_row(bf16, nvfp4, cfg, device, args, (kw_bf16, kw_nv)))
 
     w = max(len(r[0]) for r in rows)
     print(f"\n{'metric':{w}s}  {'bf16':>10s}  nvfp4_marlin")

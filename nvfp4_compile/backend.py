@@ -8,7 +8,7 @@
 torch.compile passes `mode` and `options` on to a string backend as keyword arguments, but (as for
 Inductor) refuses both at once; put the mode into options ({"mode": ...}) or use backend_with() then.
 Options (docs/backend.md): dump_dir (or env NVFP4_COMPILE_DUMP_DIR), target, release_source_weights,
-gemm, mode; every other key is an Inductor config option, passed through.
+gemm, merge_siblings, mode; every other key is an Inductor config option, passed through.
 """
 from __future__ import annotations
 
@@ -45,6 +45,8 @@ class BackendOptions:
     # use: docs/tactics.md), "marlin" (the W4A16 kernel), "dequant" (FP4 weight dequantized per call + cuBLAS),
     # "bf16" (weights dequantized once at compile time and kept as BF16 constants, dense BF16 GEMM)
     gemm: str = "auto"
+    # One GEMM for the linears that read the same activation (q/k/v, gate/up): passes/merge_siblings.py
+    merge_siblings: bool = True
     mode: str | None = None  # torch.compile mode, mapped to Inductor config as torch.compile does
     inductor: dict = field(default_factory=dict)  # pass-through Inductor config patches
 
@@ -202,7 +204,7 @@ def compile_graph(gm: fx.GraphModule, example_inputs: list, options: BackendOpti
 
     work = clone_graph_module(gm)
     ctx = PassContext(example_inputs=list(example_inputs), report=report, gemm=options.gemm)
-    PassManager(default_passes(), options.dump_dir).run(work, ctx)
+    PassManager(default_passes(options.merge_siblings), options.dump_dir).run(work, ctx)
 
     # Inputs the rewritten graph no longer reads (FP4 sources of folded weights) are not passed on.
     placeholders = [n for n in work.graph.nodes if n.op == "placeholder"]

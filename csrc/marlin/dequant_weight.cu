@@ -63,13 +63,13 @@ __global__ void __launch_bounds__(kThreads) marlin_dequantize_kernel(const int4*
                                                                      const uint8_t* __restrict__ s,
                                                                      const float* __restrict__ global_scale,
                                                                      T* __restrict__ w, int n, int k, int n_pad,
-                                                                     int k16_rows) {
+                                                                     int k16_rows, int gs_per_row) {
   __shared__ __align__(16) T tile[64 * kRowStride];
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int nt = blockIdx.x;
   const int kt = blockIdx.y * kWarps + warp;
   if (kt < k16_rows) {
-    const float d = __ldg(global_scale);
+    const float d0 = __ldg(global_scale);
     // Tile (kt, nt) is 128 int32 = 32 int4 at row kt; lane t owns int32 4t + j, j = 0..3 (one int4).
     const int4 words = __ldg(q + static_cast<int64_t>(kt) * (n_pad / 2) + nt * 32 + lane);
     // Scale codes of columns t/4 + 8j (j = 0..7) are bytes 8 * (t/4) + j of the tile's 64 bytes.
@@ -87,6 +87,8 @@ __global__ void __launch_bounds__(kThreads) marlin_dequantize_kernel(const int4*
         // Int32 j holds columns c = 16j + t/4 (values v0..v3) and c + 8 (v4..v7), k offsets {0, 1, 8, 9}.
         const int col = 2 * j + h;
         const float sv = scale_value(((col < 4 ? codes.x : codes.y) >> (8 * (col & 3))) & 0xFFu);
+        // Per-row scale (merged siblings): rows past n are padding, never stored; clamp the read.
+        const float d = gs_per_row ? __ldg(global_scale + min(nt * 64 + 16 * j + 8 * h + (lane >> 2), n - 1)) : d0;
         uint32_t c[4];
 #pragma unroll
         for (int i = 0; i < 4; ++i) c[i] = (word[j] >> (4 * kNibble[4 * h + i])) & 15u;
@@ -132,8 +134,9 @@ at::Tensor marlin_dequantize(const at::Tensor& qweight, const at::Tensor& scales
   TORCH_CHECK(scales.scalar_type() == at::kByte && scales.dim() == 2 && scales.size(0) == k_pad / 16 &&
                   scales.size(1) == n_pad && scales.is_contiguous() && reinterpret_cast<uintptr_t>(scales.data_ptr()) % 8 == 0,
               "nvfp4_C::marlin_dequantize: scales must be contiguous uint8 [K_pad/16, N_pad], 8-byte aligned");
-  TORCH_CHECK(global_scale.scalar_type() == at::kFloat && global_scale.numel() == 1,
-              "nvfp4_C::marlin_dequantize: global_scale must hold one float32");
+  TORCH_CHECK(global_scale.scalar_type() == at::kFloat && global_scale.is_contiguous() &&
+                  (global_scale.numel() == 1 || global_scale.numel() == size_n),
+              "nvfp4_C::marlin_dequantize: global_scale must be float32 with one value or size_n (one per row)");
   const auto device = qweight.device();
   TORCH_CHECK(scales.device() == device && global_scale.device() == device,
               "nvfp4_C::marlin_dequantize: all tensors must be on qweight's device");
@@ -147,15 +150,16 @@ at::Tensor marlin_dequantize(const at::Tensor& qweight, const at::Tensor& scales
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(device.index());
   const auto* q = reinterpret_cast<const int4*>(qweight.data_ptr<int32_t>());
   const float* gs = global_scale.data_ptr<float>();
+  const int per_row = global_scale.numel() > 1;
   const int n = static_cast<int>(size_n), k = static_cast<int>(size_k);
   if (dtype == at::kBFloat16) {
     marlin_dequantize_kernel<__nv_bfloat16><<<grid, kThreads, 0, stream>>>(
         q, scales.data_ptr<uint8_t>(), gs, reinterpret_cast<__nv_bfloat16*>(w.data_ptr()), n, k,
-        static_cast<int>(n_pad), static_cast<int>(k16_rows));
+        static_cast<int>(n_pad), static_cast<int>(k16_rows), per_row);
   } else {
     marlin_dequantize_kernel<__half><<<grid, kThreads, 0, stream>>>(
         q, scales.data_ptr<uint8_t>(), gs, reinterpret_cast<__half*>(w.data_ptr()), n, k, static_cast<int>(n_pad),
-        static_cast<int>(k16_rows));
+        static_cast<int>(k16_rows), per_row);
   }
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return w;

@@ -29,8 +29,9 @@ at::Tensor marlin_gemm(const at::Tensor& x, const at::Tensor& qweight, const at:
   TORCH_CHECK(scales.scalar_type() == at::kByte && scales.dim() == 2 && scales.size(0) == k_pad / 16 &&
                   scales.size(1) == n_pad && scales.is_contiguous() && aligned16(scales),
               "nvfp4_C::marlin_gemm: scales must be contiguous uint8 [K_pad/16, N_pad], 16-byte aligned");
-  TORCH_CHECK(global_scale.scalar_type() == at::kFloat && global_scale.numel() == 1,
-              "nvfp4_C::marlin_gemm: global_scale must hold one float32");
+  TORCH_CHECK(global_scale.scalar_type() == at::kFloat && global_scale.is_contiguous() &&
+                  (global_scale.numel() == 1 || global_scale.numel() == size_n),
+              "nvfp4_C::marlin_gemm: global_scale must be float32 with one value or size_n (one per column)");
   const auto device = x.device();
   TORCH_CHECK(qweight.device() == device && scales.device() == device && global_scale.device() == device,
               "nvfp4_C::marlin_gemm: all tensors must be on x's device");

@@ -9,7 +9,8 @@
 //   - the WARPS_K partial sums are added in shared memory in a fixed order; with split-K each CTA writes its
 //     FP32 tile to a workspace slot, and the last CTA of the tile to arrive (an atomic counter, which it
 //     resets to 0) adds the slots in split order, so results are deterministic;
-//   - epilogue: acc * (global_scale * 2^7) (+ bias) in FP32, one rounding, 16-byte stores when N % 8 == 0.
+//   - epilogue: acc * (global_scale * 2^7) (+ bias) in FP32, one rounding, 16-byte stores when N % 8 == 0;
+//     global_scale is one value or one per column (merged sibling linears).
 // A rows beyond M and K columns beyond size_k are zero-filled by cp.async, B/scale rows and tiles beyond the
 // padded sizes likewise, so nothing outside the tensors is read.
 //
@@ -43,7 +44,8 @@ struct MarlinGemmParams {
   int64_t lda;
   const int4* b;              // qweight int32 [k_pad/16, 2*n_pad]
   const uint8_t* s;           // scale codes [k_pad/16, n_pad]
-  const float* global_scale;  // one FP32 decode scale (device memory: no host sync, graph safe)
+  const float* global_scale;  // FP32 decode scale(s) in device memory (no host sync, graph safe)
+  int gs_per_column;          // 0: one scale; 1: one per output column (sibling linears merged along N)
   const void* bias;           // [n] in the activation dtype, or nullptr
   void* c;                    // [m, n] row-major, row stride ldc
   int64_t ldc;
@@ -339,7 +341,7 @@ __global__ void __launch_bounds__(Cfg::THREADS, Cfg::MIN_BLOCKS) marlin_gemm_ker
   }
 
   // ---- epilogue: FP32 scale (+ bias), one rounding, 16-byte stores --------------------------------------
-  const float factor = __ldg(gs_ptr) * kEpilogueFactor;
+  const float factor = p.gs_per_column ? kEpilogueFactor : __ldg(gs_ptr) * kEpilogueFactor;
   const T* bias = static_cast<const T*>(p.bias);
   T* c_out = static_cast<T*>(p.c);
   const bool vector_store = (p.n % 8) == 0 && (p.ldc % 8) == 0;
@@ -358,14 +360,14 @@ __global__ void __launch_bounds__(Cfg::THREADS, Cfg::MIN_BLOCKS) marlin_gemm_ker
       __align__(16) T out[8];
 #pragma unroll
       for (int e = 0; e < 8; ++e) {
-        float x = v[e] * factor;
+        float x = v[e] * (p.gs_per_column ? __ldg(gs_ptr + col + e) * factor : factor);
         if (bias != nullptr) x += D::to_float(bias[col + e]);
         out[e] = D::from_float(x);
       }
       *reinterpret_cast<int4*>(dst) = *reinterpret_cast<const int4*>(out);
     } else {
       for (int e = 0; e < 8 && col + e < p.n; ++e) {
-        float x = v[e] * factor;
+        float x = v[e] * (p.gs_per_column ? __ldg(gs_ptr + col + e) * factor : factor);
         if (bias != nullptr) x += D::to_float(bias[col + e]);
         dst[e] = D::from_float(x);
       }

@@ -91,6 +91,7 @@ void launch_marlin_gemm(const at::Tensor& x, const at::Tensor& qweight, const at
   p.b = reinterpret_cast<const int4*>(qweight.data_ptr<int32_t>());
   p.s = scales.data_ptr<uint8_t>();
   p.global_scale = global_scale.data_ptr<float>();
+  p.gs_per_column = global_scale.numel() > 1;
   p.bias = bias.has_value() ? bias->data_ptr() : nullptr;
   p.c = out.data_ptr();
   p.ldc = out.stride(0);

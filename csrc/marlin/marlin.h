@@ -13,7 +13,7 @@
 namespace nvfp4 {
 
 // x [M, size_k] bf16/fp16 contiguous; qweight int32 [K_pad/16, 2*N_pad]; scales uint8 [K_pad/16, N_pad];
-// global_scale fp32 [1] (decode); bias [size_n] in x.dtype or none -> [M, size_n] x.dtype.
+// global_scale fp32 [1] or [size_n] (decode; per column for merged siblings); bias [size_n] in x.dtype or none -> [M, size_n] x.dtype.
 // config: index into marlin_gemm_config_names() to force a tile config (the tactic registry,
 // nvfp4_compile/ops/gemm_tactics.py), or -1 to pick by M.
 at::Tensor marlin_gemm(const at::Tensor& x, const at::Tensor& qweight, const at::Tensor& scales,
@@ -23,7 +23,7 @@ at::Tensor marlin_gemm(const at::Tensor& x, const at::Tensor& qweight, const at:
 // Names of the tile configs by index, in the order of gemm_launch.cuh's dispatch switch.
 inline std::vector<std::string> marlin_gemm_config_names() { return {"m16", "m32", "m64", "large"}; }
 
-// qweight/scales in the Marlin layout, global_scale fp32 [1] -> dense weight [size_n, size_k] in dtype
+// qweight/scales in the Marlin layout, global_scale fp32 [1] or [size_n] (per row) -> dense weight [size_n, size_k] in dtype
 // (bf16/fp16): e2m1 * s_b * global_scale in FP32, rounded once, as formats.marlin.marlin_dequantize
 // (dequant_weight.cu; the weight of the dequantize + cuBLAS GEMM tactic).
 at::Tensor marlin_dequantize(const at::Tensor& qweight, const at::Tensor& scales, const at::Tensor& global_scale,

@@ -223,9 +223,12 @@ def marlin_unrepack_reference(qweight: torch.Tensor, scales: torch.Tensor, size_
 
 def marlin_dequantize(qweight, scales, global_scale, size_n: int, size_k: int, dtype=torch.float32):
     """Kernel layout -> dequantized weight [..., N, K]: e2m1 * s_b * global_scale (decode) in FP32, rounded
-    once to dtype. global_scale: a scalar tensor, or [E]/[E, 1, 1] for expert stacks."""
+    once to dtype. global_scale: a scalar tensor, [N] (one per row: merged sibling linears), or [E]/[E, 1, 1]
+    for expert stacks."""
     w_fp4, w_sf = marlin_unrepack_reference(qweight, scales, size_n, size_k)
     gs = torch.as_tensor(global_scale, dtype=torch.float32, device=qweight.device)
     if gs.dim() == 1 and qweight.dim() > 2 and gs.numel() == qweight.shape[0]:
         gs = gs.reshape(-1, 1, 1)
+    elif qweight.dim() == 2 and gs.numel() == size_n and size_n > 1:
+        gs = gs.reshape(-1, 1)
     return dequantize_nvfp4(w_fp4, w_sf, gs, dtype)

@@ -34,12 +34,13 @@ def available() -> bool:
 
 def dequantize_weight(qweight, scales, global_scale, size_n: int, size_k: int, dtype: torch.dtype) -> torch.Tensor:
     """Marlin layout -> dense [size_n, size_k] weight in dtype on the GPU (values of marlin_dequantize)."""
-    return torch.ops.nvfp4_C.marlin_dequantize(qweight, scales, global_scale.reshape(1), size_n, size_k, dtype)
+    return torch.ops.nvfp4_C.marlin_dequantize(qweight, scales, global_scale.reshape(-1).contiguous(), size_n, size_k, dtype)
 
 
 def _marlin_tactic(name: str, config: int) -> Tactic:
     def run(x2, qweight, scales, global_scale, bias, size_n, size_k):
-        return torch.ops.nvfp4_C.marlin_gemm(x2, qweight, scales, global_scale.reshape(1), bias, size_n, size_k, config)
+        return torch.ops.nvfp4_C.marlin_gemm(x2, qweight, scales, global_scale.reshape(-1).contiguous(), bias, size_n,
+                                             size_k, config)
 
     return Tactic(name, run)
 

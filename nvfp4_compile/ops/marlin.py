@@ -5,8 +5,9 @@
         -> qweight int32 [..., K_pad/16, 2*N_pad], scales uint8 [..., K_pad/16, N_pad] (scale codes)
     nvfp4::marlin_gemm(Tensor x, Tensor qweight, Tensor scales, Tensor global_scale, Tensor? bias,
                        int size_n, int size_k, str gemm="auto") -> Tensor
-        x bf16/fp16 [..., size_k] (any strides), one repacked 2-D weight, global_scale fp32 one value
-        (decode), bias [size_n] in x.dtype or None -> [..., size_n] x.dtype
+        x bf16/fp16 [..., size_k] (any strides), one repacked 2-D weight, global_scale fp32 (decode): one
+        value, or [size_n] (one per output column: sibling linears merged along N, passes/merge_siblings.py),
+        bias [size_n] in x.dtype or None -> [..., size_n] x.dtype
         = (x @ (e2m1 * s_b)^T) * global_scale + bias, FP32 accumulation, one rounding to x.dtype.
         gemm (CUDA only; ignored by the reference): "marlin" the W4A16 kernel, "dequant" the weight
         dequantized to x.dtype + cuBLAS, "auto" the faster of the tactics per shape (ops/gemm_tactics.py).
@@ -27,7 +28,7 @@ from ..formats.marlin import (
     marlin_unrepack_reference,
 )
 from . import _C, gemm_tactics
-from .source import check_dtype, check_per_tensor_scale, check_shape
+from .source import check_dtype, check_shape
 
 ACTIVATION_DTYPES = (torch.bfloat16, torch.float16)
 
@@ -101,7 +102,10 @@ def _check_gemm(x, qweight, scales, global_scale, bias, size_n, size_k, gemm="au
             f"nvfp4::{_GEMM}: qweight must be one 2-D repacked weight, got shape {tuple(qweight.shape)} "
             "(expert stacks go through marlin_moe)"
         )
-    check_per_tensor_scale(_GEMM, "global_scale", global_scale)
+    check_dtype(_GEMM, "global_scale", global_scale, (torch.float32,))
+    if global_scale.numel() not in (1, size_n):
+        raise ValueError(f"nvfp4::{_GEMM}: global_scale must hold one float32 value or size_n={size_n} (one per "
+                         f"output column), got shape {tuple(global_scale.shape)}")
     if bias is not None:
         check_dtype(_GEMM, "bias", bias, (x.dtype,))
         check_shape(_GEMM, "bias", bias, (size_n,), " (one value per output feature)")
@@ -116,7 +120,7 @@ def marlin_gemm_reference(x, qweight, scales, global_scale, bias, size_n: int, s
     one = torch.ones((), dtype=torch.float32, device=x.device)
     w = dequantize_nvfp4(w_fp4, w_sf, one, torch.float32)  # [N, K]
     acc = x.reshape(-1, size_k).float() @ w.T
-    out = acc * global_scale.float().reshape(())
+    out = acc * global_scale.float().reshape(-1)  # one value, or one per output column
     if bias is not None:
         out = out + bias.float()
     return out.to(x.dtype).reshape(*x.shape[:-1], size_n)

@@ -1,8 +1,9 @@
 """The pass manager: runs the rewrite passes in order on one Dynamo graph, dumps the graph after each, and
 holds the context the passes share (example inputs, which inputs are weights, the report).
 
-Order: linear -> strip_fused_quant -> moe -> fold_constants. A pass is any object with a `name` and
-`__call__(gm, ctx)` that edits gm.graph in place and records what it did in ctx.report.
+Order: linear -> strip_fused_quant -> merge_siblings (optional) -> moe -> fold_constants. A pass is any
+object with a `name` and `__call__(gm, ctx)` that edits gm.graph in place and records what it did in
+ctx.report.
 """
 from __future__ import annotations
 
@@ -166,13 +167,15 @@ class PassManager:
         return gm
 
 
-def default_passes() -> list[Pass]:
+def default_passes(merge_siblings: bool = True) -> list[Pass]:
     from .fold_constants import FoldConstants
     from .linear import LinearPass
+    from .merge_siblings import MergeSiblings
     from .moe import MoePass
     from .strip_fused_quant import StripFusedQuant
 
-    return [LinearPass(), StripFusedQuant(), MoePass(), FoldConstants()]
+    merge = [MergeSiblings()] if merge_siblings else []
+    return [LinearPass(), StripFusedQuant(), *merge, MoePass(), FoldConstants()]
 
 
 def node_shapes(*pairs: tuple[str, Any]) -> str:

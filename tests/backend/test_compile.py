@@ -172,12 +172,12 @@ def test_dump_dir_has_every_stage_and_the_report(tmp_path, monkeypatch):
         torch.compile(model, backend="nvfp4_marlin")(make_input(4, 64), make_input(4, 64, seed=3))
     (graph_dir,) = list(tmp_path.iterdir())
     names = sorted(os.listdir(graph_dir))
-    assert names == ["00_input.py", "01_linear.py", "02_strip_fused_quant.py", "03_moe.py", "04_fold_constants.py",
-                     "report.json", "report.txt"]
+    assert names == ["00_input.py", "01_linear.py", "02_strip_fused_quant.py", "03_merge_siblings.py", "04_moe.py",
+                     "05_fold_constants.py", "report.json", "report.txt"]
     assert "add_rms_norm_quant" in (graph_dir / "00_input.py").read_text()
     stripped = (graph_dir / "02_strip_fused_quant.py").read_text()
     assert "add_rms_norm_value" in stripped and "add_rms_norm_quant" not in stripped.split("class GraphModule")[1]
-    assert "marlin_gemm" in (graph_dir / "04_fold_constants.py").read_text()
+    assert "marlin_gemm" in (graph_dir / "05_fold_constants.py").read_text()
     assert "fused_quant" in (graph_dir / "report.txt").read_text()
 
 

@@ -109,7 +109,7 @@ def run_gemm(x, q, s, gs, bias, n, k, gemm="marlin", config=None):
     if config is None:
         out = ops.marlin_gemm(x, q, s, gs, bias, n, k, gemm)
     else:
-        out = torch.ops.nvfp4_C.marlin_gemm(x, q, s, gs.reshape(1), bias, n, k, config)
+        out = torch.ops.nvfp4_C.marlin_gemm(x, q, s, gs.reshape(-1), bias, n, k, config)
     torch.cuda.synchronize()
     return out, out.data_ptr() == poisoned
 
@@ -191,6 +191,31 @@ def test_every_tile_config_on_any_m(config, m, n, k):
         out, _ = run_gemm(x, q, s, gs, bias, n, k, config=config)
         assert not torch.isnan(out).any()
         assert rel_err(out, reference_gemm(x, w, sf, gs, bias)) < 1e-2
+
+
+@pytest.mark.parametrize("tactic", [*CONFIGS, "dequant", "auto"])
+@pytest.mark.parametrize("m,widths,k", [(1, (4096, 1024, 1024), 4096), (9, (40, 24, 96), 192), (300, (130, 70), 1856)])
+def test_per_column_global_scale(tactic, m, widths, k):
+    """Merged siblings (passes/merge_siblings.py): one global scale per output column, scales far apart."""
+    g = torch.Generator(device=DEV).manual_seed(m * 131 + k)
+    parts = [quantize_nvfp4(torch.randn(n, k, device=DEV, generator=g) * 10.0 ** (2 * i - 2))
+             for i, n in enumerate(widths)]
+    w, sf = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+    gs = torch.cat([p[2].reshape(1).expand(n) for p, n in zip(parts, widths)]).contiguous()
+    n = sum(widths)
+    q, s = ops.marlin_repack(w, sf)
+    x = torch.randn(m, k, device=DEV, generator=g).to(torch.bfloat16)
+    bias = torch.randn(n, device=DEV, generator=g).to(torch.bfloat16)
+    if tactic in ("dequant", "auto"):
+        out, _ = run_gemm(x, q, s, gs, bias, n, k, gemm=tactic)
+    else:
+        out, _ = run_gemm(x, q, s, gs, bias, n, k, config=tactic)
+    assert not torch.isnan(out).any()
+    start = 0
+    for (wp, sfp, gsp), width in zip(parts, widths):
+        cols = slice(start, start + width)
+        assert rel_err(out[:, cols], reference_gemm(x, wp, sfp, gsp, bias[cols])) < 1e-2
+        start += width
 
 
 @pytest.mark.parametrize("gemm", ["auto", "dequant"])
