@@ -100,6 +100,28 @@ def closeness_rows(bf16, nvfp4, cfg, device) -> list:
             ("logits cosine vs BF16", f"{cos(out.flatten(), base.flatten(), dim=0).item():.6f}", "")]
 
 
+def decode_rows(bf16, nvfp4, cfg, device, args, batch: int, compile_kwargs) -> list:
+    """Decode step at one batch size, both models: back-to-back ms/step, one synced step, peak memory."""
+    from nvfp4_compile.demo.run import median_ms
+
+    res = []
+    for model, kw in zip((bf16, nvfp4), compile_kwargs):
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        fn = decode_step_fn(model, cfg, batch, args.cache, device, kw)
+        ms = back_to_back_ms(fn, device)
+        synced = median_ms(fn, device, args.iters)
+        if args.profile:
+            profile_step(fn, device, f"{'nvfp4' if kw.get('backend') else 'bf16'} decode b={batch}")
+        peak = torch.cuda.max_memory_allocated(device) / 1e9 if device.type == "cuda" else float("nan")
+        res.append((ms, peak, synced))
+        torch._dynamo.reset()
+    (mb, pb, sb), (mn, pn, sn) = res
+    return [(f"decode b={batch} ms/step, back to back", f"{mb:.3f}", f"{mn:.3f}  speedup {mb / mn:.2f}x"),
+            (f"decode b={batch} ms, one synced step", f"{sb:.3f}", f"{sn:.3f}  speedup {sb / sn:.2f}x"),
+            (f"decode b={batch} peak GB", f"{pb:.2f}", f"{pn:.2f}")]
+
+
 def prefill_row(bf16, nvfp4, cfg, device, args, compile_kwargs) -> tuple:
     """One prefill of --prefill tokens (no cache, last position's logits), median over a few calls."""
     from nvfp4_compile.demo.run import median_ms
@@ -149,6 +171,7 @@ def main(argv=None):
     p.add_argument("--mode", default="reduce-overhead")
     p.add_argument("--profile", action="store_true", help="profile each decode step: CUDA-graph skips, top kernels")
     p.add_argument("--skip-prefill", action="store_true")
+    p.add_argument("--no-merge", action="store_true", help="backend option merge_siblings=False")
     p.add_argument("--gemm", default="auto", help="the backend's gemm option (auto | marlin | dequant | bf16)")
     p.add_argument("--skip-closeness", action="store_true")
     args = p.parse_args(argv)
@@ -158,7 +181,6 @@ def main(argv=None):
         args.cache, args.prefill, args.iters = min(args.cache, 64), min(args.prefill, 64), min(args.iters, 3)
 
     import nvfp4_compile
-    from nvfp4_compile.demo.run import median_ms  # the demo's timing: warm-up, then CUDA events or wall clock
     from transformers import LlamaForCausalLM
 
     cfg = build_config(args)
@@ -170,41 +192,32 @@ def main(argv=None):
     n_conv = len(getattr(conv, "converted", []))
     mode = None if device.type == "cpu" else args.mode
     kw_bf16 = {"mode": mode} if mode else {}
-    kw_nv = {"backend": nvfp4_compile.backend_with(mode=mode, gemm=args.gemm)}
+    kw_nv = {"backend": nvfp4_compile.backend_with(mode=mode, gemm=args.gemm, merge_siblings=not args.no_merge)}
 
-    rows = []
     gname = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     print(f"device {gname}, torch {torch.__version__}, layers {cfg.num_hidden_layers}, hidden {cfg.hidden_size}, "
           f"converted {n_conv} linears, mode {mode}")
+    rows = []
 
-    if not args.skip_closeness:
-        rows += closeness_rows(bf16, nvfp4, cfg, device)
+    def emit(*new_rows):  # printed as they come: a run cut short by a time limit still reports what it measured
+        for r in new_rows:
+            rows.append(r)
+            print(f"ROW  {r[0]}: {r[1]} | {r[2]}", flush=True)
 
     wb, wn = tensor_bytes(bf16), tensor_bytes(nvfp4)
-    rows.append(("weight memory GB (bf16 | nvfp4)", f"{wb / 1e9:.2f}", f"{wn / 1e9:.2f}  ({wn / wb:.3f}x)"))
+    emit(("weight memory GB (bf16 | nvfp4)", f"{wb / 1e9:.2f}", f"{wn / 1e9:.2f}  ({wn / wb:.3f}x)"))
     lb, ln = tensor_bytes(bf16.model.layers), tensor_bytes(nvfp4.model.layers)
-    rows.append(("  of which decoder layers GB", f"{lb / 1e9:.2f}", f"{ln / 1e9:.2f}  ({ln / lb:.3f}x)"))
+    emit(("  of which decoder layers GB", f"{lb / 1e9:.2f}", f"{ln / 1e9:.2f}  ({ln / lb:.3f}x)"))
 
-    for batch in [int(b) for b in args.batches.split(",")]:
-        res = []
-        for model, kw in ((bf16, kw_bf16), (nvfp4, kw_nv)):
-            if device.type == "cuda":
-                torch.cuda.reset_peak_memory_stats(device)
-            fn = decode_step_fn(model, cfg, batch, args.cache, device, kw)
-            ms = back_to_back_ms(fn, device)
-            synced = median_ms(fn, device, args.iters)
-            if args.profile:
-                profile_step(fn, device, f"{'nvfp4' if kw.get('backend') else 'bf16'} decode b={batch}")
-            peak = torch.cuda.max_memory_allocated(device) / 1e9 if device.type == "cuda" else float("nan")
-            res.append((ms, peak, synced))
-            torch._dynamo.reset()
-        (mb, pb, sb), (mn, pn, sn) = res
-        rows.append((f"decode b={batch} ms/step, back to back", f"{mb:.3f}", f"{mn:.3f}  speedup {mb / mn:.2f}x"))
-        rows.append((f"decode b={batch} ms, one synced step", f"{sb:.3f}", f"{sn:.3f}  speedup {sb / sn:.2f}x"))
-        rows.append((f"decode b={batch} peak GB", f"{pb:.2f}", f"{pn:.2f}"))
-
-    if not args.skip_prefill:
-        rows.append(prefill_row(bf16, nvfp4, cfg, device, args, (kw_bf16, kw_nv)))
+    batches = [int(b) for b in args.batches.split(",")]
+    # The issue's headline numbers first (decode at the first batch size, prefill, closeness), then the rest.
+    for i, batch in enumerate(batches):
+        emit(*decode_rows(bf16, nvfp4, cfg, device, args, batch, (kw_bf16, kw_nv)))
+        if i == 0:
+            if not args.skip_prefill:
+                emit(prefill_row(bf16, nvfp4, cfg, device, args, (kw_bf16, kw_nv)))
+            if not args.skip_closeness:
+                emit(*closeness_rows(bf16, nvfp4, cfg, device))
 
     w = max(len(r[0]) for r in rows)
     print(f"\n{'metric':{w}s}  {'bf16':>10s}  nvfp4_marlin")

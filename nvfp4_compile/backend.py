@@ -242,8 +242,8 @@ def _release_sources(ctx: PassContext, example_inputs, keep, report: GraphReport
 
 
 def _publish(report: GraphReport, on_report) -> None:
-    log.info("nvfp4_marlin %s: %s; %d rewritten, %d left alone", report.graph, report.decision,
-             len(report.rewrites), len(report.skipped))
+    log.info("nvfp4_marlin %s: %s; %d rewritten, %d left alone, %d sibling groups merged", report.graph,
+             report.decision, report.rewritten, len(report.skipped), report.merged)
     log.debug("%s", report)
     if on_report is not None:
         on_report(report)

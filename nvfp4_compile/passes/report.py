@@ -64,6 +64,15 @@ class GraphReport:
         return sum(r.kind == kind for r in self.rewrites)
 
     @property
+    def rewritten(self) -> int:
+        """Source ops rewritten (merges of already rewritten GEMMs are counted apart: `merged`)."""
+        return len(self.rewrites) - self.merged
+
+    @property
+    def merged(self) -> int:
+        return self.count("merge_siblings")
+
+    @property
     def folded_bytes(self) -> int:
         return sum(f.bytes for f in self.folded)
 
@@ -109,8 +118,9 @@ def format_reports(reports: list[GraphReport]) -> str:
         for n in rep.notes:
             out.append(f"note: {n}")
         out.append(
-            f"summary: {len(rep.rewrites)} rewritten, {len(rep.skipped)} left alone, "
-            f"{_mib(rep.folded_bytes)} of folded constants"
+            f"summary: {rep.rewritten} rewritten, {len(rep.skipped)} left alone, "
+            + (f"{rep.merged} sibling group(s) merged, " if rep.merged else "")
+            + f"{_mib(rep.folded_bytes)} of folded constants"
             + (f", {_mib(rep.released_bytes)} of source weights released" if rep.released_bytes else "")
         )
     return "\n".join(out)
