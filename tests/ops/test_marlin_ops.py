@@ -93,8 +93,10 @@ def test_gemm_opcheck():
     n, k = 64, 48
     w, sf, gs = quantized_weight(n, k, seed=11)
     q, s = ops.marlin_repack(w, sf)
+    per_column = torch.linspace(0.5, 2.0, n)  # one global scale per output column (merged siblings)
     for x, bias in [(activations(4, k), None), (activations(2, 3, k, dtype=torch.float16), activations(n, dtype=torch.float16))]:
         torch.library.opcheck(ops.marlin_gemm, (x, q, s, gs, bias, n, k))
+        torch.library.opcheck(ops.marlin_gemm, (x, q, s, per_column, bias, n, k))
 
 
 def test_fake_kernels_trace_with_symbolic_m():
