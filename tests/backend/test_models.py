@@ -54,8 +54,8 @@ def test_transformers_tiny_llama():
     transformers = pytest.importorskip("transformers")
     model = _tiny(transformers.LlamaConfig, transformers.LlamaForCausalLM)
     ids = torch.randint(0, 128, (2, 8), generator=torch.Generator().manual_seed(1))
-    # per layer: q, k, v, o, gate, up, down (lm_head is skip-listed by quantize_model)
-    check_model(model, {"input_ids": ids, "use_cache": False}, {"linear_w4a4": 14, "moe": 0})
+    # per layer: q, k, v, o, gate, up, down (lm_head is skip-listed by quantize_model); q/k/v and gate/up merged
+    check_model(model, {"input_ids": ids, "use_cache": False}, {"linear_w4a4": 14, "moe": 0, "merge_siblings": 4})
 
 
 def test_transformers_tiny_qwen3_moe():
