@@ -19,11 +19,13 @@ import torch
 
 
 def tensor_bytes(model: torch.nn.Module) -> int:
+    """Bytes of the storages behind a module's parameters and buffers (a released weight holds none)."""
     seen, total = set(), 0
     for t in list(model.parameters()) + list(model.buffers()):
-        if t.data_ptr() not in seen:
-            seen.add(t.data_ptr())
-            total += t.numel() * t.element_size()
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in seen:
+            seen.add(storage.data_ptr())
+            total += storage.nbytes()
     return total
 
 
@@ -38,8 +40,10 @@ def build_config(args):
                        max_position_embeddings=8192, rope_theta=500000.0)
 
 
-def decode_step_fn(model, cfg, batch: int, cache_len: int, device, compile_kwargs):
-    """A compiled one-token decode step at position cache_len over a StaticCache filled with random K/V."""
+def decode_step_fn(model, cfg, batch: int, cache_len: int, device, compile_kwargs, eager_model=None):
+    """A compiled one-token decode step at position cache_len over a StaticCache filled with random K/V.
+    eager_model (default: model) runs the one eager step that allocates the cache: a model whose FP4 sources
+    were released cannot run eagerly."""
     from transformers import StaticCache
 
     cache = StaticCache(config=cfg, max_cache_len=cache_len + 8)
@@ -50,7 +54,7 @@ def decode_step_fn(model, cfg, batch: int, cache_len: int, device, compile_kwarg
         return model(input_ids=ids, past_key_values=cache, cache_position=pos, use_cache=True).logits
 
     with torch.no_grad():
-        step(ids, pos)  # lazily allocates the cache layers
+        (eager_model or model)(input_ids=ids, past_key_values=cache, cache_position=pos, use_cache=True)  # allocates
         for layer in cache.layers:
             layer.keys.normal_()
             layer.values.normal_()
@@ -108,7 +112,7 @@ def decode_rows(bf16, nvfp4, cfg, device, args, batch: int, compile_kwargs) -> l
     for model, kw in zip((bf16, nvfp4), compile_kwargs):
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
-        fn = decode_step_fn(model, cfg, batch, args.cache, device, kw)
+        fn = decode_step_fn(model, cfg, batch, args.cache, device, kw, eager_model=bf16)
         ms = back_to_back_ms(fn, device)
         synced = median_ms(fn, device, args.iters)
         if args.profile:
@@ -172,6 +176,8 @@ def main(argv=None):
     p.add_argument("--profile", action="store_true", help="profile each decode step: CUDA-graph skips, top kernels")
     p.add_argument("--skip-prefill", action="store_true")
     p.add_argument("--no-merge", action="store_true", help="backend option merge_siblings=False")
+    p.add_argument("--release", action="store_true",
+                   help="backend option release_source_weights=True; adds the weight memory held after compiling")
     p.add_argument("--gemm", default="auto", help="the backend's gemm option (auto | marlin | dequant | bf16)")
     p.add_argument("--skip-closeness", action="store_true")
     args = p.parse_args(argv)
@@ -192,7 +198,10 @@ def main(argv=None):
     n_conv = len(getattr(conv, "converted", []))
     mode = None if device.type == "cpu" else args.mode
     kw_bf16 = {"mode": mode} if mode else {}
-    kw_nv = {"backend": nvfp4_compile.backend_with(mode=mode, gemm=args.gemm, merge_siblings=not args.no_merge)}
+    folded = []  # each compile's report: the repacked constants it made (cached ones are shared, counted once)
+    kw_nv = {"backend": nvfp4_compile.backend_with(
+        mode=mode, gemm=args.gemm, merge_siblings=not args.no_merge, release_source_weights=args.release,
+        on_report=lambda r: folded.extend(f for f in r.folded if not f.cached))}
 
     gname = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     print(f"device {gname}, torch {torch.__version__}, layers {cfg.num_hidden_layers}, hidden {cfg.hidden_size}, "
@@ -210,6 +219,13 @@ def main(argv=None):
     emit(("  of which decoder layers GB", f"{lb / 1e9:.2f}", f"{ln / 1e9:.2f}  ({ln / lb:.3f}x)"))
 
     batches = [int(b) for b in args.batches.split(",")]
+    if args.release:  # compile once up front so the sources are released before anything is measured
+        with torch.no_grad():
+            torch.compile(nvfp4, **kw_nv)(torch.randint(0, cfg.vocab_size, (1, 8), device=device))
+        torch._dynamo.reset()
+        held = tensor_bytes(nvfp4) + sum(f.bytes for f in folded)
+        emit(("weights held after compiling GB (module + repacked)", f"{wb / 1e9:.2f}",
+              f"{held / 1e9:.2f}  ({held / wb:.3f}x)"))
     # The issue's headline numbers first (decode at the first batch size, prefill, closeness), then the rest.
     for i, batch in enumerate(batches):
         emit(*decode_rows(bf16, nvfp4, cfg, device, args, batch, (kw_bf16, kw_nv)))

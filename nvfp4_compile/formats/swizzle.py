@@ -23,8 +23,10 @@ def swizzle_scales(sf: torch.Tensor) -> torch.Tensor:
     """[..., M, Ksf] linear-layout scales -> [..., Mp, Kp] in the 128x4 swizzled order (padding is zero)."""
     *batch, m, ksf = sf.shape
     mp, kp = swizzled_shape(m, ksf)
-    padded = sf.new_zeros((*batch, mp, kp))
-    padded[..., :m, :ksf] = sf
+    # Functional padding (no in-place write), so a compiled graph can evaluate it once as a weight-only
+    # value; 1-byte scales are padded as their bytes (torch has no constant_pad for float8; byte 0 is +0.0).
+    raw = sf.view(torch.uint8) if sf.element_size() == 1 else sf
+    padded = torch.nn.functional.pad(raw, (0, kp - ksf, 0, mp - m)).view(sf.dtype)
     # m = mb*128 + i*32 + j and k = kb*4 + kk  ->  order (mb, kb, j, i, kk)
     t = padded.reshape(*batch, mp // 128, 4, 32, kp // 4, 4)
     nb = len(batch)

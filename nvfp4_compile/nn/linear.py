@@ -5,9 +5,11 @@ Buffers (ModelOpt checkpoint names, so a ModelOpt state dict loads as is):
     weight_scale    float8_e4m3fn [N, K/16]   block scales, linear layout (as checkpoints store them)
     weight_scale_2  fp32 scalar               per-tensor decode scale amax_w / 2688
     input_scale     fp32 scalar               per-tensor decode scale of the activations (act="nvfp4" only)
-    weight_scale_swizzled (not saved)         the 128x4-swizzled weight_scale the W4A4 GEMM reads; made
-                                              once whenever weights are set or loaded, as Blackwell
-                                              runtimes do at load time
+
+With swizzled=True the W4A4 GEMM reads the 128x4-swizzled layout, derived from weight_scale in forward and
+not stored: the module holds each weight once. Compiled with nvfp4_marlin the swizzle (and the unswizzle the
+Marlin rewrite puts after it) is weight-only and evaluated once at compile time; eager pays one small copy
+per call.
 
 act="nvfp4" (W4A4): quantize x with g = 1/input_scale, nvfp4::gemm with alpha = input_scale * weight_scale_2.
 act="bf16"  (W4A16): F.linear(x, nvfp4::dequantize(weight, ...)).
@@ -54,26 +56,15 @@ class NVFP4Linear(QuantizedBuffers):
         self.register_buffer("weight_scale_2", torch.ones((), dtype=torch.float32, device=device))
         if act == "nvfp4":
             self.register_buffer("input_scale", torch.ones((), dtype=torch.float32, device=device))
-            if swizzled:
-                self.register_buffer("weight_scale_swizzled", swizzle_scales(self.weight_scale), persistent=False)
         # Frozen like the quantized weight: the nvfp4 ops have no autograd formula, so nothing here trains.
         self.bias = nn.Parameter(torch.zeros(n, dtype=dtype, device=device), requires_grad=False) if bias else None
-
-    def refresh_swizzled_scales(self) -> None:
-        """Re-derive weight_scale_swizzled from weight_scale (call after writing weight_scale by hand)."""
-        if "weight_scale_swizzled" in self._buffers:
-            self.weight_scale_swizzled = swizzle_scales(self.weight_scale)
-
-    def _load_from_state_dict(self, *args, **kwargs):
-        super()._load_from_state_dict(*args, **kwargs)
-        self.refresh_swizzled_scales()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.act == "bf16":
             w = torch.ops.nvfp4.dequantize(self.weight, self.weight_scale, self.weight_scale_2, x.dtype, False)
             return F.linear(x, w, self.bias)
         x_fp4, x_sf = torch.ops.nvfp4.quantize(x, 1.0 / self.input_scale, self.swizzled)
-        w_sf = self.weight_scale_swizzled if self.swizzled else self.weight_scale
+        w_sf = swizzle_scales(self.weight_scale) if self.swizzled else self.weight_scale
         alpha = self.input_scale * self.weight_scale_2
         y = torch.ops.nvfp4.gemm(x_fp4, self.weight, x_sf, w_sf, alpha, x.dtype, self.swizzled)
         if self.bias is not None:
@@ -104,7 +95,6 @@ class NVFP4Linear(QuantizedBuffers):
             m.input_scale.copy_(input_scale_from_amax(input_amax))
         if linear.bias is not None:
             m.bias.copy_(linear.bias.detach())
-        m.refresh_swizzled_scales()
         return m
 
     def extra_repr(self) -> str:

@@ -15,7 +15,7 @@ import torch
 import torch.fx as fx
 
 from .folded_constants import fold
-from .graph_utils import fake_mode_of, short_target, source_name, val
+from .graph_utils import fake_mode_of, remove_dead_code, short_target, source_name, val
 from .manager import PassContext
 
 
@@ -70,6 +70,20 @@ def _program(component: list[fx.Node], outputs: list[fx.Node]):
     return fx.GraphModule(torch.nn.Module(), graph), sources
 
 
+def program_key(program: fx.GraphModule) -> str:
+    """The program's ops and wiring, without node names (which depend on the rest of the graph): the same
+    weight-only subgraph traced from another callable or shape gets the same key, so it hits the cache."""
+    index: dict[fx.Node, int] = {}
+    lines = []
+    for i, n in enumerate(program.graph.nodes):
+        index[n] = i
+        target = n.target if isinstance(n.target, str) else getattr(n.target, "__qualname__", None) or str(n.target)
+        module = "" if isinstance(n.target, str) else getattr(n.target, "__module__", "") or ""
+        args = fx.map_arg((n.args, n.kwargs), lambda a: f"%{index[a]}")
+        lines.append(f"{n.op} {module}.{target} {args!r}")
+    return "\n".join(lines)
+
+
 class FoldConstants:
     name = "fold_constants"
 
@@ -90,7 +104,7 @@ class FoldConstants:
             program, sources = _program(component, outputs)
             real = [ctx.example(s) if s.op == "placeholder" else _get_attr(gm, s.target) for s in sources]
             names = [source_name(s) for s in sources]
-            entry, cached = fold(program, program.code, real, names)
+            entry, cached = fold(program, program_key(program), real, names)
             index = len(ctx.folded)
             new_inputs = []
             for j, (out, tensor) in enumerate(zip(outputs, entry.outputs)):
@@ -109,7 +123,7 @@ class FoldConstants:
             ops = ", ".join(dict.fromkeys(short_target(n).split(".")[-1] for n in component if n.op != "placeholder"
                                           and short_target(n) != "getitem"))
             ctx.report.folded.append(_folded_row(index, names, ops, entry, cached))
-        gm.graph.eliminate_dead_code()
+        remove_dead_code(gm)
 
 
 def _folded_row(index, names, ops, entry, cached):

@@ -102,6 +102,12 @@ def fold(program: fx.GraphModule, key: str, sources: list[torch.Tensor], source_
     if entry is not None and entry.same_sources(sources):
         entry.refresh(sources)
         return entry, True
+    released = [name for name, t in zip(source_names, sources) if isinstance(t, ReleasedWeight)]
+    if released:  # never evaluate on freed memory (Dynamo tracing lets metadata through to fake tensors)
+        raise RuntimeError(
+            f"nvfp4_compile: this graph needs {', '.join(released)} folded by a program no earlier compile ran, "
+            "but an earlier compile released it (release_source_weights=True); compile without that option "
+            "to compile this model in new ways")
     entry = FoldedConstant(program, sources, source_names)
     if sources:
         _CACHE.setdefault(sources[0], {})[full_key] = entry

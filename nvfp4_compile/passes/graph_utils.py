@@ -250,3 +250,33 @@ def graph_listing(gm: fx.GraphModule) -> str:
             else:
                 lines.append(f"{names[node]} = {short_target(node)}({', '.join(args)}){meta}")
     return "\n".join(lines)
+
+
+def op_name(node: fx.Node) -> str:
+    target = node.target
+    if isinstance(target, torch._ops.OpOverload):
+        return target.overloadpacket.__name__
+    return target if isinstance(target, str) else getattr(target, "__name__", "")
+
+
+def writes_first_arg(node: fx.Node) -> bool:
+    """node writes its first argument in place: setitem, x.add_(...), an in-place aten op, inplace=True."""
+    if node.op not in ("call_function", "call_method") or not node.args:
+        return False
+    name = op_name(node)
+    if name == "setitem" or node.kwargs.get("inplace") is True:
+        return True
+    if isinstance(node.target, torch._ops.OpOverload):
+        arg0 = node.target._schema.arguments[0] if node.target._schema.arguments else None
+        return bool(arg0 is not None and arg0.alias_info is not None and arg0.alias_info.is_write)
+    return name.endswith("_") and not name.endswith("__")
+
+
+def remove_dead_code(gm: fx.GraphModule) -> None:
+    """Erase computed nodes nothing uses. Unlike fx.Graph.eliminate_dead_code it keeps every node that writes
+    a tensor in place (x.index_copy_(...), setitem): FX counts call_method as pure, and a KV-cache update
+    has no users."""
+    for node in reversed(list(gm.graph.nodes)):
+        if node.op in ("call_function", "call_method", "call_module", "get_attr") and not node.users \
+                and not node.is_impure() and not writes_first_arg(node):
+            gm.graph.erase_node(node)

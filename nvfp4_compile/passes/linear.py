@@ -35,6 +35,7 @@ from .graph_utils import (
     is_op,
     nvfp4_op,
     op_args,
+    remove_dead_code,
     source_name,
     val,
 )
@@ -98,7 +99,7 @@ class LinearPass:
                 self._w4a4(gm, ctx, node)
             elif is_op(node, "dequantize"):
                 self._w4a16(gm, ctx, node)
-        gm.graph.eliminate_dead_code()
+        remove_dead_code(gm)
 
     # ------------------------------------------------------------------------------------------------
     # W4A4: quantize (or a fused producer) -> gemm

@@ -15,7 +15,7 @@ from typing import Any, Protocol
 import torch
 import torch.fx as fx
 
-from .graph_utils import graph_listing, val
+from .graph_utils import graph_listing, op_name, val, writes_first_arg
 from .report import GraphReport
 
 
@@ -43,6 +43,7 @@ class PassContext:
     folded: list = field(default_factory=list)
     _constant: dict = field(default_factory=dict, repr=False)
     _inputs: dict = field(default_factory=dict, repr=False)
+    _mutated: set = field(default_factory=set, repr=False)
 
     def bind(self, gm: fx.GraphModule) -> None:
         """Pair each placeholder with its example input."""
@@ -53,6 +54,7 @@ class PassContext:
             )
         self._inputs = dict(zip(placeholders, self.example_inputs))
         self._constant = {}
+        self._mutated = written_in_place(gm.graph)
         for node, example in self._inputs.items():
             if is_weight_tensor(example):
                 node.meta["nvfp4_kind"] = "weight"
@@ -85,6 +87,8 @@ class PassContext:
     def _constant_from_inputs(self, n: fx.Node) -> bool | fx.Node:
         """is_constant(n) from its inputs' memoized answers (in order, stopping at the first False), or the
         first input not decided yet."""
+        if n in self._mutated:
+            return False  # written in place later in the graph: its value is not what the node computed
         if n.op == "placeholder":
             return is_weight_tensor(self._inputs.get(n))
         if n.op == "get_attr":
@@ -98,6 +102,29 @@ class PassContext:
             if not known:
                 return False
         return True
+
+
+# Ops whose result may share memory with their first argument: writing the result in place writes it too.
+_MAY_ALIAS = frozenset((
+    "getitem", "__getitem__", "view", "view_as", "_unsafe_view", "reshape", "permute", "transpose", "swapaxes",
+    "t", "T", "mT", "expand", "expand_as", "narrow", "select", "slice", "unsqueeze", "squeeze", "flatten",
+    "unflatten", "as_strided", "diagonal", "unbind", "split", "chunk", "movedim", "unfold", "contiguous",
+    "detach", "alias", "to", "type", "type_as", "float", "half", "bfloat16",
+))
+
+
+def written_in_place(graph: fx.Graph) -> set[fx.Node]:
+    """Nodes whose tensor the graph writes in place, directly or through views of it (Dynamo graphs are not
+    functionalized). Their values change after they are computed, so none of them is ever folded."""
+    out: set[fx.Node] = set()
+    for node in graph.nodes:
+        if not writes_first_arg(node):
+            continue
+        target = node.args[0]
+        while isinstance(target, fx.Node) and target not in out:
+            out.add(target)
+            target = target.args[0] if op_name(target) in _MAY_ALIAS and target.args else None
+    return out
 
 
 _RANDOM = ("rand", "normal", "bernoulli", "dropout", "multinomial", "poisson", "uniform", "exponential")

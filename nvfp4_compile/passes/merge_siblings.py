@@ -20,7 +20,9 @@ from collections import defaultdict
 import torch
 import torch.fx as fx
 
-from .graph_utils import describe, getitem_source, insert_call, is_op, nvfp4_op, op_args, source_name, val
+from .graph_utils import (
+    describe, getitem_source, insert_call, is_op, nvfp4_op, op_args, remove_dead_code, source_name, val,
+)
 from .linear import mark_target
 from .manager import PassContext
 
@@ -60,7 +62,7 @@ class MergeSiblings:
         for group in groups.values():
             if len(group) > 1:
                 self._merge(gm, ctx, group)
-        gm.graph.eliminate_dead_code()
+        remove_dead_code(gm)
 
     @staticmethod
     def _mergeable(node: fx.Node, ctx: PassContext):

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch.fx as fx
 
-from .graph_utils import describe, insert_call, is_op, nvfp4_op, op_args, source_name, val
+from .graph_utils import describe, insert_call, is_op, nvfp4_op, op_args, remove_dead_code, source_name, val
 from .linear import ACTIVATION_DTYPES, emit_marlin_weight, mark_target
 from .manager import PassContext
 
@@ -19,7 +19,7 @@ class MoePass:
         for node in list(gm.graph.nodes):
             if is_op(node, "fused_moe"):
                 self._rewrite(gm, ctx, node)
-        gm.graph.eliminate_dead_code()
+        remove_dead_code(gm)
 
     def _rewrite(self, gm, ctx: PassContext, node: fx.Node) -> None:
         a = op_args(node)

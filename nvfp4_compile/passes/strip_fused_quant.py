@@ -14,7 +14,7 @@ import operator
 import torch.fx as fx
 
 from ..ops.source import add_rms_norm_value, relu2_value, rms_norm_value, silu_and_mul_value
-from .graph_utils import describe, insert_call, is_op, nvfp4_op, op_args, output_items
+from .graph_utils import describe, insert_call, is_op, nvfp4_op, op_args, output_items, remove_dead_code
 from .linear import FP4_PRODUCERS, FUSED_PRODUCERS
 from .manager import PassContext
 
@@ -45,7 +45,7 @@ class StripFusedQuant:
             for name in FUSED_PRODUCERS:
                 if is_op(node, name):
                     self._strip(gm, ctx, node, name)
-        gm.graph.eliminate_dead_code()
+        remove_dead_code(gm)
 
     def _strip(self, gm, ctx: PassContext, producer: fx.Node, name: str) -> None:
         items = output_items(producer)

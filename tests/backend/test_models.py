@@ -64,3 +64,35 @@ def test_transformers_tiny_qwen3_moe():
                   num_experts=4, num_experts_per_tok=2, head_dim=16)
     ids = torch.randint(0, 128, (2, 8), generator=torch.Generator().manual_seed(2))
     check_model(model, {"input_ids": ids, "use_cache": False}, {"linear_w4a4": 8, "moe": 2})
+
+
+def test_transformers_decode_steps_update_the_static_kv_cache():
+    """Decode with a StaticCache: the compiled steps must write the cache in place exactly like eager steps
+    (the cache update is an index_copy_ whose result nothing uses: dead-code elimination must keep it)."""
+    transformers = pytest.importorskip("transformers")
+    w4a4 = _tiny(transformers.LlamaConfig, transformers.LlamaForCausalLM)
+    w4a16 = copy.deepcopy(w4a4)  # the eager reference: the same FP4 weights, BF16 activations
+    quantize_model(w4a4, act="nvfp4")
+    quantize_model(w4a16, act="bf16")
+    cfg = w4a4.config
+    caches = [transformers.StaticCache(config=cfg, max_cache_len=16) for _ in range(2)]
+    prompt = torch.randint(0, 128, (2, 5), generator=torch.Generator().manual_seed(3))
+    step_ids = torch.randint(0, 128, (2, 3), generator=torch.Generator().manual_seed(4))
+
+    def step(model, ids, pos, cache):
+        return model(input_ids=ids, past_key_values=cache, cache_position=pos, use_cache=True).logits
+
+    compiled = torch.compile(step, backend="nvfp4_marlin", fullgraph=True)
+    with torch.no_grad():
+        for cache in caches:  # the same prompt, eagerly, fills both caches
+            step(w4a16, prompt, torch.arange(5), cache)
+        for i in range(3):
+            pos = torch.tensor([5 + i])
+            want = step(w4a16, step_ids[:, i:i + 1], pos, caches[0])
+            got = compiled(w4a4, step_ids[:, i:i + 1], pos, caches[1])
+            assert rel_err(got, want) < 2e-2
+    for eager_layer, compiled_layer in zip(caches[0].layers, caches[1].layers):
+        filled = slice(5, 8)  # written by the three decode steps
+        assert compiled_layer.keys[:, :, filled].abs().sum() > 0
+        assert rel_err(compiled_layer.keys[:, :, filled], eager_layer.keys[:, :, filled]) < 2e-2
+        assert rel_err(compiled_layer.values[:, :, filled], eager_layer.values[:, :, filled]) < 2e-2

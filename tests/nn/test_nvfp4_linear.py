@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nvfp4_compile import NVFP4Linear
-from nvfp4_compile.formats import dequantize_nvfp4, quantize_nvfp4_encoded, swizzle_scales
+from nvfp4_compile.formats import dequantize_nvfp4, quantize_nvfp4_encoded
 from nvfp4_compile.nn.calibrate import DEFAULT_INPUT_SCALE
 
 from tiny_models import rel_err
@@ -66,18 +66,27 @@ def test_swizzled_and_linear_scale_paths_agree(randn):
     x = randn(7, 64, dtype=torch.bfloat16, seed=3)
     a = NVFP4Linear.from_linear(lin, act="nvfp4", swizzled=True)
     b = NVFP4Linear.from_linear(lin, act="nvfp4", swizzled=False)
-    assert torch.equal(a.weight_scale_swizzled, swizzle_scales(a.weight_scale))
     assert torch.equal(a(x), b(x))
 
 
-def test_load_state_dict_refreshes_swizzled_scales(randn):
+def test_load_state_dict_and_hand_written_scales_take_effect(randn):
     src = NVFP4Linear.from_linear(_linear(64, 32, randn, seed=0), act="nvfp4")
     dst = NVFP4Linear.from_linear(_linear(64, 32, randn, seed=5), act="nvfp4")
-    assert not torch.equal(dst.weight_scale_swizzled, src.weight_scale_swizzled)
-    dst.load_state_dict(src.state_dict())
-    assert torch.equal(dst.weight_scale_swizzled, swizzle_scales(src.weight_scale))
     x = randn(4, 64, dtype=torch.bfloat16, seed=6)
+    assert not torch.equal(dst(x), src(x))
+    dst.load_state_dict(src.state_dict())
     assert torch.equal(dst(x), src(x))
+    other = NVFP4Linear.from_linear(_linear(64, 32, randn, seed=7), act="nvfp4")
+    for name, t in other.named_buffers():  # written by hand: the swizzled layout is derived per call
+        getattr(dst, name).copy_(t)
+    dst.bias.copy_(other.bias)
+    assert torch.equal(dst(x), other(x))
+
+
+def test_the_module_holds_each_weight_once(randn):
+    m = NVFP4Linear.from_linear(_linear(64, 160, randn), act="nvfp4", swizzled=True)
+    assert sorted(n for n, _ in m.named_buffers()) == ["input_scale", "weight", "weight_scale", "weight_scale_2"]
+    assert sum(b.untyped_storage().nbytes() for b in m.buffers()) == 160 * 32 + 160 * 4 + 4 + 4
 
 
 @pytest.mark.parametrize("act", ["bf16", "nvfp4"])
@@ -120,7 +129,6 @@ def test_to_dtype_keeps_quantized_buffers(randn):
     m.to(torch.float16)
     assert m.weight.dtype == torch.uint8 and m.weight_scale.dtype == torch.float8_e4m3fn
     assert m.weight_scale_2.dtype == torch.float32 and m.input_scale.dtype == torch.float32
-    assert m.weight_scale_swizzled.dtype == torch.float8_e4m3fn
     assert m.bias.dtype == torch.float16
     for k in ("weight", "weight_scale", "weight_scale_2", "input_scale"):
         assert torch.equal(m.state_dict()[k], before[k])

@@ -129,3 +129,37 @@ def test_constness_of_a_deep_activation_chain_needs_no_recursion():
     ctx.bind(fx.GraphModule(torch.nn.Module(), g))
     assert ctx.is_constant(h) is False and ctx.is_constant(c) is True
     assert ctx.is_constant(g.call_function(torch.add, (c, h))) is False
+
+
+class SwizzleInPlace(torch.nn.Module):
+    """Builds the swizzled weight scales the imperative way (zeros, then an in-place write): a weight-only
+    tensor that is written after it is made. Folding it at its creation would fold the zeros."""
+
+    def __init__(self):
+        super().__init__()
+        self.inner = QuantLinear(64, 96, act="nvfp4", swizzled=False)
+
+    def forward(self, x):
+        m = self.inner
+        sf = m.weight_scale.view(torch.uint8)
+        padded = sf.new_zeros((128, 4))
+        padded[:96, :4] = sf
+        swz = padded.reshape(1, 4, 32, 1, 4).permute(0, 3, 2, 1, 4).reshape(128, 4).view(torch.float8_e4m3fn)
+        x_fp4, x_sf = torch.ops.nvfp4.quantize(x, m.input_global_scale, True)
+        return torch.ops.nvfp4.gemm(x_fp4, m.weight, x_sf, swz, m.alpha, x.dtype, True)
+
+
+def test_a_weight_only_tensor_written_in_place_is_never_folded():
+    from nvfp4_compile.passes.manager import written_in_place
+
+    model = SwizzleInPlace()
+    x = make_input(3, 64)
+    gm, ex = capture(model, x)
+    written = {n.name for n in written_in_place(gm.graph)}
+    assert "padded" in written, written
+    out, ctx = run_passes(gm, ex, default_passes())
+    assert not any("new_zeros" in f.ops for f in ctx.report.folded), [f.ops for f in ctx.report.folded]
+    with torch.no_grad():
+        got = out(*ex, *FoldedInputs(ctx.folded).tensors())[0]
+        expected = model(x)
+    torch.testing.assert_close(got, expected, atol=0, rtol=0)
