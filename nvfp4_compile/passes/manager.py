@@ -63,6 +63,10 @@ class PassContext:
         """The real example value of a placeholder (None for other nodes)."""
         return self._inputs.get(node)
 
+    def is_written_in_place(self, node: fx.Node) -> bool:
+        """The graph writes node's tensor in place somewhere (its value differs between its uses)."""
+        return node in self._mutated
+
     def is_constant(self, node: Any) -> bool:
         """True when node's value depends only on parameters/buffers (and literals): a weight-only value
         that fold_constants can compute once."""

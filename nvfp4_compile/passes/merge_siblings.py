@@ -9,8 +9,9 @@ global_scale [size_n]); biases are concatenated (zeros for a projection without 
 weight-only: fold_constants computes it once. The per-projection outputs are slices (views) of the result,
 and each column is computed exactly as the unmerged GEMM computes it (same products, same epilogue).
 
-Siblings: the same x node, size_k and gemm choice; weights from marlin_repack of weight-only 2-D tensors;
-weight-only global scales (one value each) and biases.
+Siblings: the same x node (never written in place: it must hold one value for all of them), size_k and gemm
+choice; weights from marlin_repack of weight-only 2-D tensors; weight-only global scales (one value each)
+and biases.
 """
 from __future__ import annotations
 
@@ -75,6 +76,8 @@ class MergeSiblings:
         repack = q[0]
         w_fp4, w_sf = repack.args
         gs, bias = a["global_scale"], a["bias"]
+        if ctx.is_written_in_place(a["x"]):
+            return None  # one node, but not one value: a sibling may read it after an in-place write
         if val(w_fp4) is None or val(w_fp4).dim() != 2 or val(gs) is None or val(gs).numel() != 1:
             return None
         if not all(ctx.is_constant(t) for t in (w_fp4, w_sf, gs, bias)):

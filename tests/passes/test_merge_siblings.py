@@ -172,3 +172,39 @@ def test_marlin_gemm_per_column_global_scale_is_the_concatenation_of_per_tensor_
     torch.testing.assert_close(got, torch.cat(outs, -1), atol=0, rtol=0)
     with pytest.raises(ValueError, match="one float32 value or size_n=128"):
         torch.ops.nvfp4.marlin_gemm(x, q, s, gs[:5], None, 128, 64)
+
+
+def test_changing_one_sibling_weight_after_compiling_is_picked_up():
+    model = Attention(act="bf16")
+    x, y = make_input(2, 64), make_input(2, 64, seed=9)
+    compiled = torch.compile(model, backend="nvfp4_marlin")
+    with torch.no_grad():
+        compiled(x, y)
+        donor = QuantLinear(64, 40, act="bf16", seed=77)  # new k_proj weights, written in place
+        for name in ("weight", "weight_scale", "weight_scale_2"):
+            getattr(model.k, name).copy_(getattr(donor, name))
+        got = compiled(x, y)
+    for a, r in zip(got, model.reference(x, y)):
+        torch.testing.assert_close(a, r, atol=0, rtol=0)
+
+
+def test_an_activation_written_in_place_between_its_readers_is_not_merged():
+    class WriteBetween(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = QuantLinear(64, 32, act="bf16", seed=1), QuantLinear(64, 48, act="bf16", seed=2)
+
+        def forward(self, x):
+            x = x * 1  # a fresh tensor Dynamo lets us write
+            first = self.a(x)
+            x.add_(1)
+            return first, self.b(x)
+
+    model = WriteBetween()
+    x = make_input(3, 64)
+    gm, ex = capture(model, x)
+    out, ctx = run_passes(gm, ex, default_passes())
+    assert ctx.report.count("merge_siblings") == 0
+    got = _compiled_outputs(out, ctx, ex)
+    torch.testing.assert_close(got[0], model.a.w4a16_reference(x), atol=0, rtol=0)
+    torch.testing.assert_close(got[1], model.b.w4a16_reference(x + 1), atol=0, rtol=0)
