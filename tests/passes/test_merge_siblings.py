@@ -31,6 +31,15 @@ class Attention(nn.Module):
                           self.v.w4a16_reference(x) - 1], dim=-1), self.o.w4a16_reference(y)
 
 
+class Linears(nn.Module):
+    """self.a, self.b, ... : W4A16 QuantLinears of the given (k, n) shapes; subclasses write forward."""
+
+    def __init__(self, *shapes):
+        super().__init__()
+        for i, (k, n) in enumerate(shapes):
+            setattr(self, "abc"[i], QuantLinear(k, n, act="bf16", seed=i + 1))
+
+
 def _compiled_outputs(out_gm, ctx, example_inputs):
     with torch.no_grad():
         return out_gm(*example_inputs, *FoldedInputs(ctx.folded).tensors())
@@ -114,30 +123,21 @@ def test_end_to_end_compile_and_explain_show_the_merge():
 
 
 def test_linears_on_different_inputs_or_k_are_not_merged():
-    class Two(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.a, self.b = QuantLinear(64, 64, act="bf16", seed=1), QuantLinear(64, 64, act="bf16", seed=2)
-            self.c = QuantLinear(128, 64, act="bf16", seed=3)
-
+    class Two(Linears):
         def forward(self, x, z):
             return self.a(x), self.b(x + 1), self.c(z)
 
-    gm, ex = capture(Two(), make_input(2, 64), make_input(2, 128))
+    gm, ex = capture(Two((64, 64), (64, 64), (128, 64)), make_input(2, 64), make_input(2, 128))
     out, ctx = run_passes(gm, ex, default_passes())
     assert count_ops(out, "marlin_gemm") == 3 and ctx.report.count("merge_siblings") == 0
 
 
 def test_one_weight_used_twice_on_one_input_is_merged_once():
-    class Twice(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.a, self.b = QuantLinear(64, 32, act="bf16", seed=1), QuantLinear(64, 48, act="bf16", seed=2)
-
+    class Twice(Linears):
         def forward(self, x):
             return self.a(x) + self.a(x), self.b(x)
 
-    model = Twice()
+    model = Twice((64, 32), (64, 48))
     x = make_input(3, 64)
     gm, ex = capture(model, x)
     out, ctx = run_passes(gm, ex, default_passes())
@@ -189,18 +189,14 @@ def test_changing_one_sibling_weight_after_compiling_is_picked_up():
 
 
 def test_an_activation_written_in_place_between_its_readers_is_not_merged():
-    class WriteBetween(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.a, self.b = QuantLinear(64, 32, act="bf16", seed=1), QuantLinear(64, 48, act="bf16", seed=2)
-
+    class WriteBetween(Linears):
         def forward(self, x):
             x = x * 1  # a fresh tensor Dynamo lets us write
             first = self.a(x)
             x.add_(1)
             return first, self.b(x)
 
-    model = WriteBetween()
+    model = WriteBetween((64, 32), (64, 48))
     x = make_input(3, 64)
     gm, ex = capture(model, x)
     out, ctx = run_passes(gm, ex, default_passes())
