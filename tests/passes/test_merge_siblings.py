@@ -45,6 +45,13 @@ def _compiled_outputs(out_gm, ctx, example_inputs):
         return out_gm(*example_inputs, *FoldedInputs(ctx.folded).tensors())
 
 
+def _through_all_passes(model, *inputs):
+    """(outputs of the graph after every pass, pass context)."""
+    gm, ex = capture(model, *inputs)
+    out, ctx = run_passes(gm, ex, default_passes())
+    return _compiled_outputs(out, ctx, ex), ctx
+
+
 class TestMergeGolden(expecttest.TestCase):
     def test_qkv_merged_into_one_gemm(self):
         model = Attention(widths=(64, 32, 32), bias=(False, False, True))
@@ -139,10 +146,8 @@ def test_one_weight_used_twice_on_one_input_is_merged_once():
 
     model = Twice((64, 32), (64, 48))
     x = make_input(3, 64)
-    gm, ex = capture(model, x)
-    out, ctx = run_passes(gm, ex, default_passes())
+    got, ctx = _through_all_passes(model, x)
     assert ctx.report.count("merge_siblings") == 1
-    got = _compiled_outputs(out, ctx, ex)
     torch.testing.assert_close(got[0], model.a.w4a16_reference(x) * 2, atol=0, rtol=0)
     torch.testing.assert_close(got[1], model.b.w4a16_reference(x), atol=0, rtol=0)
 
@@ -198,9 +203,7 @@ def test_an_activation_written_in_place_between_its_readers_is_not_merged():
 
     model = WriteBetween((64, 32), (64, 48))
     x = make_input(3, 64)
-    gm, ex = capture(model, x)
-    out, ctx = run_passes(gm, ex, default_passes())
+    got, ctx = _through_all_passes(model, x)
     assert ctx.report.count("merge_siblings") == 0
-    got = _compiled_outputs(out, ctx, ex)
     torch.testing.assert_close(got[0], model.a.w4a16_reference(x), atol=0, rtol=0)
     torch.testing.assert_close(got[1], model.b.w4a16_reference(x + 1), atol=0, rtol=0)
