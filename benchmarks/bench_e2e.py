@@ -85,23 +85,42 @@ def back_to_back_ms(fn, device, steps: int = 20, reps: int = 7) -> float:
     return statistics.median(times)
 
 
-def closeness_rows(bf16, nvfp4, cfg, device) -> list:
-    """Logits on one prompt: compiled NVFP4 vs the eager W4A16 reference (same FP4 weights) and vs BF16."""
+def closeness_rows(bf16, nvfp4, cfg, device, compile_kwargs) -> list:
+    """Logits on one prompt: compiled NVFP4 vs the eager W4A16 reference (same FP4 weights) and vs BF16; and
+    after 3 decode steps over a StaticCache the reference prefilled (checks the compiled steps' cache writes)."""
     import nvfp4_compile
+    from transformers import StaticCache
+
+    def cos(a, b):
+        return f"{torch.nn.functional.cosine_similarity(a.float().flatten(), b.float().flatten(), dim=0).item():.6f}"
 
     with torch.no_grad():
         ids = torch.randint(0, cfg.vocab_size, (1, 128), device=device)
         ref_model = copy.deepcopy(bf16)
         nvfp4_compile.quantize_model(ref_model, act="bf16")
-        ref = ref_model(ids).logits.float()
-        del ref_model
-        gc.collect()
-        base = bf16(ids).logits.float()
-        out = torch.compile(nvfp4, backend="nvfp4_marlin")(ids).logits.float()
+        ref = ref_model(ids).logits
+        base = bf16(ids).logits
+        out = torch.compile(nvfp4, **compile_kwargs)(ids).logits
         torch._dynamo.reset()
-    cos = torch.nn.functional.cosine_similarity
-    return [("logits cosine vs W4A16 reference", f"{cos(out.flatten(), ref.flatten(), dim=0).item():.6f}", ""),
-            ("logits cosine vs BF16", f"{cos(out.flatten(), base.flatten(), dim=0).item():.6f}", "")]
+        rows = [("logits cosine vs W4A16 reference", cos(out, ref), ""), ("logits cosine vs BF16", cos(out, base), "")]
+
+        caches = [StaticCache(config=cfg, max_cache_len=40) for _ in range(2)]
+        prompt, steps = ids[:, :32], torch.randint(0, cfg.vocab_size, (1, 3), device=device)
+        for cache in caches:
+            ref_model(input_ids=prompt, past_key_values=cache, cache_position=torch.arange(32, device=device))
+
+        def step(model, i, cache):
+            pos = torch.tensor([32 + i], device=device)
+            return model(input_ids=steps[:, i:i + 1], past_key_values=cache, cache_position=pos).logits
+
+        compiled = torch.compile(step, **compile_kwargs)
+        for i in range(3):
+            want, got = step(ref_model, i, caches[0]), compiled(nvfp4, i, caches[1])
+        torch._dynamo.reset()
+        rows.append(("decode step 3 logits cosine vs W4A16 reference", cos(got, want), ""))
+    del ref_model
+    gc.collect()
+    return rows
 
 
 def decode_rows(bf16, nvfp4, cfg, device, args, batch: int, compile_kwargs) -> list:
@@ -233,7 +252,7 @@ def main(argv=None):
             if not args.skip_prefill:
                 emit(prefill_row(bf16, nvfp4, cfg, device, args, (kw_bf16, kw_nv)))
             if not args.skip_closeness:
-                emit(*closeness_rows(bf16, nvfp4, cfg, device))
+                emit(*closeness_rows(bf16, nvfp4, cfg, device, kw_nv))
 
     w = max(len(r[0]) for r in rows)
     print(f"\n{'metric':{w}s}  {'bf16':>10s}  nvfp4_marlin")
