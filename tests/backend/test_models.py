@@ -66,28 +66,34 @@ def test_transformers_tiny_qwen3_moe():
     check_model(model, {"input_ids": ids, "use_cache": False}, {"linear_w4a4": 8, "moe": 2})
 
 
-def test_transformers_decode_steps_update_the_static_kv_cache():
+@pytest.mark.parametrize("device,mode", [
+    ("cpu", None),
+    pytest.param("cuda", "reduce-overhead", marks=[pytest.mark.gpu, pytest.mark.skipif(
+        not torch.cuda.is_available(), reason="needs a CUDA GPU")]),
+])
+def test_transformers_decode_steps_update_the_static_kv_cache(device, mode):
     """Decode with a StaticCache: the compiled steps must write the cache in place exactly like eager steps
-    (the cache update is an index_copy_ whose result nothing uses: dead-code elimination must keep it)."""
+    (the cache update is an index_copy_ whose result nothing uses: dead-code elimination must keep it);
+    on CUDA under CUDA graphs too."""
     transformers = pytest.importorskip("transformers")
-    w4a4 = _tiny(transformers.LlamaConfig, transformers.LlamaForCausalLM)
+    w4a4 = _tiny(transformers.LlamaConfig, transformers.LlamaForCausalLM).to(device)
     w4a16 = copy.deepcopy(w4a4)  # the eager reference: the same FP4 weights, BF16 activations
     quantize_model(w4a4, act="nvfp4")
     quantize_model(w4a16, act="bf16")
     cfg = w4a4.config
     caches = [transformers.StaticCache(config=cfg, max_cache_len=16) for _ in range(2)]
-    prompt = torch.randint(0, 128, (2, 5), generator=torch.Generator().manual_seed(3))
-    step_ids = torch.randint(0, 128, (2, 3), generator=torch.Generator().manual_seed(4))
+    prompt = torch.randint(0, 128, (2, 5), generator=torch.Generator().manual_seed(3)).to(device)
+    step_ids = torch.randint(0, 128, (2, 3), generator=torch.Generator().manual_seed(4)).to(device)
 
     def step(model, ids, pos, cache):
         return model(input_ids=ids, past_key_values=cache, cache_position=pos, use_cache=True).logits
 
-    compiled = torch.compile(step, backend="nvfp4_marlin", fullgraph=True)
+    compiled = torch.compile(step, backend="nvfp4_marlin", fullgraph=True, mode=mode)
     with torch.no_grad():
         for cache in caches:  # the same prompt, eagerly, fills both caches
-            step(w4a16, prompt, torch.arange(5), cache)
+            step(w4a16, prompt, torch.arange(5, device=device), cache)
         for i in range(3):
-            pos = torch.tensor([5 + i])
+            pos = torch.tensor([5 + i], device=device)
             want = step(w4a16, step_ids[:, i:i + 1], pos, caches[0])
             got = compiled(w4a4, step_ids[:, i:i + 1], pos, caches[1])
             assert rel_err(got, want) < 2e-2
