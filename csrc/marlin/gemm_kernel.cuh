@@ -342,6 +342,7 @@ __global__ void __launch_bounds__(Cfg::THREADS, Cfg::MIN_BLOCKS) marlin_gemm_ker
 
   // ---- epilogue: FP32 scale (+ bias), one rounding, 16-byte stores --------------------------------------
   const float factor = p.gs_per_column ? kEpilogueFactor : __ldg(gs_ptr) * kEpilogueFactor;
+  auto column_factor = [&](int c) { return p.gs_per_column ? __ldg(gs_ptr + c) * factor : factor; };
   const T* bias = static_cast<const T*>(p.bias);
   T* c_out = static_cast<T*>(p.c);
   const bool vector_store = (p.n % 8) == 0 && (p.ldc % 8) == 0;
@@ -360,14 +361,14 @@ __global__ void __launch_bounds__(Cfg::THREADS, Cfg::MIN_BLOCKS) marlin_gemm_ker
       __align__(16) T out[8];
 #pragma unroll
       for (int e = 0; e < 8; ++e) {
-        float x = v[e] * (p.gs_per_column ? __ldg(gs_ptr + col + e) * factor : factor);
+        float x = v[e] * column_factor(col + e);
         if (bias != nullptr) x += D::to_float(bias[col + e]);
         out[e] = D::from_float(x);
       }
       *reinterpret_cast<int4*>(dst) = *reinterpret_cast<const int4*>(out);
     } else {
       for (int e = 0; e < 8 && col + e < p.n; ++e) {
-        float x = v[e] * (p.gs_per_column ? __ldg(gs_ptr + col + e) * factor : factor);
+        float x = v[e] * column_factor(col + e);
         if (bias != nullptr) x += D::to_float(bias[col + e]);
         dst[e] = D::from_float(x);
       }

@@ -137,11 +137,10 @@ _RANDOM = ("rand", "normal", "bernoulli", "dropout", "multinomial", "poisson", "
 def _has_side_effects(node: fx.Node) -> bool:
     """Mutating, random or otherwise impure: never evaluated at compile time."""
     target = node.target
-    name = target if isinstance(target, str) else getattr(target, "__name__", "")
-    if any(r in name for r in _RANDOM):
+    if any(r in op_name(node) for r in _RANDOM) or writes_first_arg(node):
         return True
     if node.op == "call_method":
-        return name.endswith("_") and not name.endswith("__")
+        return False
     if isinstance(target, torch._ops.OpOverload):
         if target._schema.is_mutable or torch.Tag.nondeterministic_seeded in target.tags:
             return True
