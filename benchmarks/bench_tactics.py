@@ -1,6 +1,6 @@
 """Every nvfp4::marlin_gemm tactic, gemm="auto", BF16 cuBLAS and the memory floor on the dense shapes.
 
-    python benchmarks/bench_tactics.py [--quick] [--csv PATH] [--cache-dir DIR]
+    python benchmarks/bench_tactics.py [--quick] [--shapes NxK,...] [--ms M,...] [--csv PATH] [--cache-dir DIR]
 
 For (N, K) in the Llama-style shapes and M in {1, 16, 64, 256, 1024, 4096}, microseconds per GEMM of:
   marlin.<cfg>  the W4A16 kernel with one tile config forced     dequant  exact dequantize + cuBLAS
@@ -77,6 +77,9 @@ def bench_shape(n, k, m_values, l2_bytes, bandwidth, gen, ts):
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="two shapes only")
+    parser.add_argument("--shapes", help="N x K pairs instead of the default shapes, e.g. 6144x4096,4096x14336 "
+                                         "(the Llama-3-8B decode GEMMs with q/k/v and gate/up merged)")
+    parser.add_argument("--ms", help="M values instead of the default ones, e.g. 1,8,32")
     parser.add_argument("--csv", help="write the table as CSV here (default: $OUT/bench_tactics.csv if OUT is set)")
     parser.add_argument("--cache-dir", help="tactic cache directory (default: a fresh temporary one, so auto is "
                                             "profiled here, not read from an older run)")
@@ -100,8 +103,12 @@ def main() -> int:
     print(header)
     print("-" * len(header))
     rows, slow = [], []
-    for n, k in (SHAPES[:2] if args.quick else SHAPES):
-        shape_rows = bench_shape(n, k, M_VALUES, l2_bytes, bandwidth, gen, ts)
+    shapes = SHAPES[:2] if args.quick else SHAPES
+    if args.shapes:
+        shapes = [tuple(int(v) for v in pair.split("x")) for pair in args.shapes.split(",")]
+    m_values = [int(m) for m in args.ms.split(",")] if args.ms else M_VALUES
+    for n, k in shapes:
+        shape_rows = bench_shape(n, k, m_values, l2_bytes, bandwidth, gen, ts)
         torch.cuda.empty_cache()  # this shape's weights are gone
         for row in shape_rows:
             best = min(row[name] for name in names)

@@ -1,20 +1,33 @@
 #!/usr/bin/env bash
-# One device call: build, the GPU tests of the kernels and passes, then the 32-layer end-to-end benchmark
-# (rows printed as measured; logs under $OUT). Usage: bash scripts/gpu_session.sh [--e2e-only]
+# One device call: build, then the chosen steps (default: all), logs under $OUT, rows printed as measured.
+#   bash scripts/gpu_session.sh [tests] [decode] [e2e]
+#   tests   GPU tests of the kernels, passes and the compiled CUDA models
+#   decode  every GEMM tactic on the Llama-3-8B decode GEMMs (q/k/v and gate/up merged), M = 1, 8, 16, 32
+#   e2e     the 32-layer end-to-end benchmark (decode b = 1, 8, 32; prefill 2048; memory; closeness)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-out}; mkdir -p "$OUT"
+steps=${*:-tests decode e2e}
 python3 -c "import expecttest" 2>/dev/null || python3 -m pip install -q --no-deps .wheels/*.whl
 t=$(date +%s); MAX_JOBS=$(nproc) python3 -m pip install --no-build-isolation --no-deps -e . > "$OUT/build.log" 2>&1 \
   || { grep -E "error" "$OUT/build.log" | head; exit 1; }
 echo "build $(( $(date +%s) - t )) s"
-if [ "${1:-}" != "--e2e-only" ]; then
+if [[ " $steps " == *" tests "* ]]; then
   t=$(date +%s)
-  timeout 150 python3 -m pytest -q -p no:cacheprovider tests/gpu tests/backend/test_cuda.py tests/passes/test_merge_siblings.py \
+  timeout 200 python3 -m pytest -q -p no:cacheprovider tests/gpu tests/backend/test_cuda.py \
+    tests/passes/test_merge_siblings.py "tests/backend/test_models.py::test_transformers_decode_steps_update_the_static_kv_cache" \
     > "$OUT/tests.log" 2>&1
   echo "tests rc=$? $(( $(date +%s) - t )) s"; tail -1 "$OUT/tests.log"; grep -E "^FAILED|^ERROR" "$OUT/tests.log" | head
 fi
-t=$(date +%s)
-timeout "${E2E_TIMEOUT:-420}" python3 benchmarks/bench_e2e.py --layers 32 --batches 1,32,8 --prefill 2048 \
-  > "$OUT/e2e32.log" 2>&1
-echo "e2e32 rc=$? $(( $(date +%s) - t )) s"; grep -E "^device|^ROW" "$OUT/e2e32.log"
+if [[ " $steps " == *" decode "* ]]; then
+  t=$(date +%s)
+  timeout 200 python3 benchmarks/bench_tactics.py --shapes 6144x4096,4096x4096,28672x4096,4096x14336 --ms 1,8,16,32 \
+    --csv "$OUT/decode_tactics.csv" > "$OUT/decode_tactics.log" 2>&1
+  echo "decode tactics rc=$? $(( $(date +%s) - t )) s"; grep -vE "^wrote" "$OUT/decode_tactics.log" | tail -22
+fi
+if [[ " $steps " == *" e2e "* ]]; then
+  t=$(date +%s)
+  timeout "${E2E_TIMEOUT:-420}" python3 benchmarks/bench_e2e.py --layers 32 --batches 1,32,8 --prefill 2048 \
+    > "$OUT/e2e32.log" 2>&1
+  echo "e2e32 rc=$? $(( $(date +%s) - t )) s"; grep -E "^device|^ROW" "$OUT/e2e32.log"
+fi

@@ -319,20 +319,33 @@ __global__ void __launch_bounds__(Cfg::THREADS, Cfg::MIN_BLOCKS) marlin_gemm_ker
     __syncthreads();
     if (!tile_is_last) return;
     __threadfence();
+    // Up to 8 slots are loaded before any is added (the loads' L2 latencies overlap instead of adding up;
+    // at M = 1 only TN/4 threads have work here), then added in split order: bit-identical to a serial sum.
+    constexpr int kInFlight = 8;
     for (int i = tid; i < rows * TN4; i += Cfg::THREADS) {
       const int r = i / TN4, c = (i % TN4) * 4;
       float4* own = reinterpret_cast<float4*>(&c_sh[r * Cfg::C_STRIDE + c]);
+      const float* slot0 = p.partials + tile * tile_elems + r * Cfg::TN + c;
       float4 sum = make_float4(0.f, 0.f, 0.f, 0.f);
-      for (int s = 0; s < p.splits; ++s) {
-        const float4 v =
-            s == split ? *own : __ldcg(reinterpret_cast<const float4*>(p.partials + (s * num_tiles + tile) * tile_elems + r * Cfg::TN + c));
-        if (s == 0) {
-          sum = v;
-        } else {
-          sum.x += v.x;
-          sum.y += v.y;
-          sum.z += v.z;
-          sum.w += v.w;
+      for (int s0 = 0; s0 < p.splits; s0 += kInFlight) {
+        float4 v[kInFlight];
+#pragma unroll
+        for (int u = 0; u < kInFlight; ++u) {
+          const int s = s0 + u;
+          if (s < p.splits)
+            v[u] = s == split ? *own : __ldcg(reinterpret_cast<const float4*>(slot0 + s * num_tiles * tile_elems));
+        }
+#pragma unroll
+        for (int u = 0; u < kInFlight; ++u) {
+          const int s = s0 + u;
+          if (s == 0) {
+            sum = v[u];
+          } else if (s < p.splits) {
+            sum.x += v[u].x;
+            sum.y += v[u].y;
+            sum.z += v[u].z;
+            sum.w += v[u].w;
+          }
         }
       }
       *own = sum;

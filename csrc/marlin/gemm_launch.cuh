@@ -21,6 +21,9 @@ using ConfigM16 = GemmConfig<1, 1, 128, 128, 4, 256, 2>;
 using ConfigM32 = GemmConfig<2, 1, 128, 128, 4, 256, 2>;
 using ConfigM64 = GemmConfig<4, 1, 128, 128, 4, 256, 1>;
 using ConfigLarge = GemmConfig<4, 2, 256, 64, 4, 256, 1>;
+// Decode (M <= 16) on large weights is limited by the weight bytes in flight per SM under load: 7 stages of
+// 9 KB of weights per CTA instead of 3 (104 KB of shared memory, still 2 CTAs/SM).
+using ConfigM16Deep = GemmConfig<1, 1, 128, 128, 8, 256, 2>;
 
 constexpr int kMaxDevices = 64;
 constexpr int kMaxSplits = 32;
@@ -108,6 +111,7 @@ void launch_marlin_gemm(const at::Tensor& x, const at::Tensor& qweight, const at
     case 1: launch_with_config<T, ConfigM32>(p, device); break;
     case 2: launch_with_config<T, ConfigM64>(p, device); break;
     case 3: launch_with_config<T, ConfigLarge>(p, device); break;
+    case 4: launch_with_config<T, ConfigM16Deep>(p, device); break;
     default: TORCH_CHECK(false, "nvfp4_C::marlin_gemm: no tile config ", config);
   }
 }

@@ -149,7 +149,7 @@ def test_gemm_matches_fp32_reference(m, n, k, dtype, with_bias):
     assert rel_err(out, ref) < 1e-2
 
 
-CONFIGS = range(4)  # nvfp4_C.marlin_gemm_configs(): m16, m32, m64, large
+CONFIGS = range(5)  # nvfp4_C.marlin_gemm_configs(): m16, m32, m64, large, m16_deep
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
@@ -175,7 +175,7 @@ def test_identity_gemm_reproduces_every_weight_exactly(dtype, m, config):
 
 
 def test_config_names():
-    assert list(torch.ops.nvfp4_C.marlin_gemm_configs()) == ["m16", "m32", "m64", "large"]
+    assert list(torch.ops.nvfp4_C.marlin_gemm_configs()) == ["m16", "m32", "m64", "large", "m16_deep"]
 
 
 @pytest.mark.parametrize("config", CONFIGS)
