@@ -89,11 +89,165 @@ struct GemmConfig {
   static_assert(K16 * TN / 16 <= THREADS, "one 16-byte scale chunk per thread at most");
 };
 
+
+// One k16 step (one scale block) of a warp: 16 x 64 weights (one 16-byte int4 per lane: 4 int32 of nibble
+// pairs) and their 8-byte scale codes dequantized in registers into B fragments, times MB m16 A fragments.
+template <typename T, int MB>
+__device__ __forceinline__ void mma_k16(float (&acc)[MB][8][4], const uint32_t (&a)[MB][4], const uint4 bq,
+                                        const uint2 sc) {
+  const uint32_t q[4] = {bq.x, bq.y, bq.z, bq.w};
+  const uint32_t s2[8] = {scale_pair<T, 0>(sc.x), scale_pair<T, 1>(sc.x), scale_pair<T, 2>(sc.x),
+                          scale_pair<T, 3>(sc.x), scale_pair<T, 0>(sc.y), scale_pair<T, 1>(sc.y),
+                          scale_pair<T, 2>(sc.y), scale_pair<T, 3>(sc.y)};
+#pragma unroll
+  for (int w = 0; w < 4; ++w) {
+    uint32_t b_lo[2], b_hi[2];
+    dequant_int32<T>(q[w], s2[2 * w], s2[2 * w + 1], b_lo, b_hi);
+#pragma unroll
+    for (int mb = 0; mb < MB; ++mb) {
+      Dtype<T>::mma(acc[mb][2 * w], a[mb], b_lo);
+      Dtype<T>::mma(acc[mb][2 * w + 1], a[mb], b_hi);
+    }
+  }
+}
+
+// The end of every CTA: its warps' accumulators (rows warp_row0.., columns wn*64.., k-slice wk) are added
+// in shared memory in warp order; with split-K the CTA publishes its FP32 tile and the last CTA of the tile
+// adds all splits in split order (deterministic); then acc * global_scale * 2^7 (+ bias), one rounding.
+// routed_id(row) gives the C row of tile row `row` (-1: not stored).
+template <typename T, class Cfg, bool kMoe, class RoutedId>
+__device__ __forceinline__ void finish_tile(float (&acc)[Cfg::MB][8][4], uint8_t* smem, const MarlinGemmParams& p,
+                                            const float* gs_ptr, int m_tile, int n_tile, int split, int warp_row0,
+                                            int wn, int wk, RoutedId routed_id) {
+  using D = Dtype<T>;
+  __shared__ int tile_is_last;
+  const int tid = threadIdx.x;
+  const int lane = tid & 31;
+  const int m0 = m_tile * Cfg::ROWS;
+  const int n0 = n_tile * Cfg::TN;
+  // ---- k-warps -> one FP32 tile in shared memory (fixed order) -----------------------------------------
+  float* c_sh = reinterpret_cast<float*>(smem);
+#pragma unroll 1
+  for (int r = 0; r < Cfg::WARPS_K; ++r) {
+    if (wk == r) {
+#pragma unroll
+      for (int mb = 0; mb < Cfg::MB; ++mb)
+#pragma unroll
+        for (int nt = 0; nt < 8; ++nt)
+#pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            const int row = warp_row0 + mb * 16 + (lane >> 2) + 8 * h;
+            const int col = wn * 64 + nt * 8 + 2 * (lane & 3);
+            float2* dst = reinterpret_cast<float2*>(&c_sh[row * Cfg::C_STRIDE + col]);
+            float2 v = make_float2(acc[mb][nt][2 * h], acc[mb][nt][2 * h + 1]);
+            if (r > 0) {
+              const float2 o = *dst;
+              v.x += o.x;
+              v.y += o.y;
+            }
+            *dst = v;
+          }
+    }
+    __syncthreads();
+  }
+
+  const int rows = min(Cfg::ROWS, p.m - m0);
+  constexpr int TN4 = Cfg::TN / 4;
+
+  // ---- split-K: publish this split's tile; the last CTA to arrive sums all splits in order ----------
+  if (p.splits > 1) {
+    const int tile = m_tile * p.n_tiles + n_tile;
+    const int64_t tile_elems = Cfg::ROWS * Cfg::TN;
+    const int64_t num_tiles = static_cast<int64_t>(p.m_tiles) * p.n_tiles;
+    float* mine = p.partials + (split * num_tiles + tile) * tile_elems;
+    for (int i = tid; i < rows * TN4; i += Cfg::THREADS) {
+      const int r = i / TN4, c = (i % TN4) * 4;
+      __stcg(reinterpret_cast<float4*>(mine + r * Cfg::TN + c),
+             *reinterpret_cast<const float4*>(&c_sh[r * Cfg::C_STRIDE + c]));
+    }
+    __threadfence();
+    __syncthreads();
+    if (tid == 0) {
+      const int arrived = atomicAdd(&p.counters[tile], 1);
+      tile_is_last = arrived == p.splits - 1;
+      if (tile_is_last) p.counters[tile] = 0;  // every other split has arrived: reusable, graph safe
+    }
+    __syncthreads();
+    if (!tile_is_last) return;
+    __threadfence();
+    // Up to 8 slots are loaded before any is added (the loads' L2 latencies overlap instead of adding up;
+    // at M = 1 only TN/4 threads have work here), then added in split order: bit-identical to a serial sum.
+    constexpr int kInFlight = 8;
+    for (int i = tid; i < rows * TN4; i += Cfg::THREADS) {
+      const int r = i / TN4, c = (i % TN4) * 4;
+      float4* own = reinterpret_cast<float4*>(&c_sh[r * Cfg::C_STRIDE + c]);
+      const float* slot0 = p.partials + tile * tile_elems + r * Cfg::TN + c;
+      float4 sum = make_float4(0.f, 0.f, 0.f, 0.f);
+      for (int s0 = 0; s0 < p.splits; s0 += kInFlight) {
+        float4 v[kInFlight];
+#pragma unroll
+        for (int u = 0; u < kInFlight; ++u) {
+          const int s = s0 + u;
+          if (s < p.splits)
+            v[u] = s == split ? *own : __ldcg(reinterpret_cast<const float4*>(slot0 + s * num_tiles * tile_elems));
+        }
+#pragma unroll
+        for (int u = 0; u < kInFlight; ++u) {
+          const int s = s0 + u;
+          if (s == 0) {
+            sum = v[u];
+          } else if (s < p.splits) {
+            sum.x += v[u].x;
+            sum.y += v[u].y;
+            sum.z += v[u].z;
+            sum.w += v[u].w;
+          }
+        }
+      }
+      *own = sum;
+    }
+    __syncthreads();
+  }
+
+  // ---- epilogue: FP32 scale (+ bias), one rounding, 16-byte stores --------------------------------------
+  const float factor = p.gs_per_column ? kEpilogueFactor : __ldg(gs_ptr) * kEpilogueFactor;
+  auto column_factor = [&](int c) { return p.gs_per_column ? __ldg(gs_ptr + c) * factor : factor; };
+  const T* bias = static_cast<const T*>(p.bias);
+  T* c_out = static_cast<T*>(p.c);
+  const bool vector_store = (p.n % 8) == 0 && (p.ldc % 8) == 0;
+  constexpr int TN8 = Cfg::TN / 8;
+  for (int i = tid; i < rows * TN8; i += Cfg::THREADS) {
+    const int r = i / TN8, c = (i % TN8) * 8;
+    const int col = n0 + c;
+    if (col >= p.n) continue;
+    const float4 lo = *reinterpret_cast<const float4*>(&c_sh[r * Cfg::C_STRIDE + c]);
+    const float4 hi = *reinterpret_cast<const float4*>(&c_sh[r * Cfg::C_STRIDE + c + 4]);
+    float v[8] = {lo.x, lo.y, lo.z, lo.w, hi.x, hi.y, hi.z, hi.w};
+    const int64_t c_row = kMoe ? routed_id(m0 + r) : m0 + r;
+    if (c_row < 0) continue;
+    T* dst = c_out + c_row * p.ldc + col;
+    if (vector_store) {
+      __align__(16) T out[8];
+#pragma unroll
+      for (int e = 0; e < 8; ++e) {
+        float x = v[e] * column_factor(col + e);
+        if (bias != nullptr) x += D::to_float(bias[col + e]);
+        out[e] = D::from_float(x);
+      }
+      *reinterpret_cast<int4*>(dst) = *reinterpret_cast<const int4*>(out);
+    } else {
+      for (int e = 0; e < 8 && col + e < p.n; ++e) {
+        float x = v[e] * column_factor(col + e);
+        if (bias != nullptr) x += D::to_float(bias[col + e]);
+        dst[e] = D::from_float(x);
+      }
+    }
+  }
+}
+
 template <typename T, class Cfg, bool kMoe = false>
 __global__ void __launch_bounds__(Cfg::THREADS, Cfg::MIN_BLOCKS) marlin_gemm_kernel(const MarlinGemmParams p) {
-  using D = Dtype<T>;
   extern __shared__ __align__(16) uint8_t smem[];
-  __shared__ int tile_is_last;
 
   const int tid = threadIdx.x;
   const int lane = tid & 31;
@@ -235,20 +389,7 @@ __global__ void __launch_bounds__(Cfg::THREADS, Cfg::MIN_BLOCKS) marlin_gemm_ker
     for (int jj = 0; jj < Cfg::K16_PER_WARP; ++jj) {
       const int cur = jj & 1;
       if (jj + 1 < Cfg::K16_PER_WARP) load_frags(cur ^ 1, jj + 1);
-      const uint32_t q[4] = {bq[cur].x, bq[cur].y, bq[cur].z, bq[cur].w};
-      const uint32_t sx = sc[cur].x, sy = sc[cur].y;
-      const uint32_t s2[8] = {scale_pair<T, 0>(sx), scale_pair<T, 1>(sx), scale_pair<T, 2>(sx), scale_pair<T, 3>(sx),
-                              scale_pair<T, 0>(sy), scale_pair<T, 1>(sy), scale_pair<T, 2>(sy), scale_pair<T, 3>(sy)};
-#pragma unroll
-      for (int w = 0; w < 4; ++w) {
-        uint32_t b_lo[2], b_hi[2];
-        dequant_int32<T>(q[w], s2[2 * w], s2[2 * w + 1], b_lo, b_hi);
-#pragma unroll
-        for (int mb = 0; mb < Cfg::MB; ++mb) {
-          D::mma(acc[mb][2 * w], a[cur][mb], b_lo);
-          D::mma(acc[mb][2 * w + 1], a[cur][mb], b_hi);
-        }
-      }
+      mma_k16<T, Cfg::MB>(acc, a[cur], bq[cur], sc[cur]);
     }
   };
 
@@ -269,124 +410,7 @@ __global__ void __launch_bounds__(Cfg::THREADS, Cfg::MIN_BLOCKS) marlin_gemm_ker
   cp_async_wait<0>();
   __syncthreads();
 
-  // ---- k-warps -> one FP32 tile in shared memory (fixed order) -----------------------------------------
-  float* c_sh = reinterpret_cast<float*>(smem);
-#pragma unroll 1
-  for (int r = 0; r < Cfg::WARPS_K; ++r) {
-    if (wk == r) {
-#pragma unroll
-      for (int mb = 0; mb < Cfg::MB; ++mb)
-#pragma unroll
-        for (int nt = 0; nt < 8; ++nt)
-#pragma unroll
-          for (int h = 0; h < 2; ++h) {
-            const int row = warp_row0 + mb * 16 + (lane >> 2) + 8 * h;
-            const int col = wn * 64 + nt * 8 + 2 * (lane & 3);
-            float2* dst = reinterpret_cast<float2*>(&c_sh[row * Cfg::C_STRIDE + col]);
-            float2 v = make_float2(acc[mb][nt][2 * h], acc[mb][nt][2 * h + 1]);
-            if (r > 0) {
-              const float2 o = *dst;
-              v.x += o.x;
-              v.y += o.y;
-            }
-            *dst = v;
-          }
-    }
-    __syncthreads();
-  }
-
-  const int rows = min(Cfg::ROWS, p.m - m0);
-  constexpr int TN4 = Cfg::TN / 4;
-
-  // ---- split-K: publish this split's tile; the last CTA to arrive sums all splits in order ----------
-  if (p.splits > 1) {
-    const int tile = m_tile * p.n_tiles + n_tile;
-    const int64_t tile_elems = Cfg::ROWS * Cfg::TN;
-    const int64_t num_tiles = static_cast<int64_t>(p.m_tiles) * p.n_tiles;
-    float* mine = p.partials + (split * num_tiles + tile) * tile_elems;
-    for (int i = tid; i < rows * TN4; i += Cfg::THREADS) {
-      const int r = i / TN4, c = (i % TN4) * 4;
-      __stcg(reinterpret_cast<float4*>(mine + r * Cfg::TN + c),
-             *reinterpret_cast<const float4*>(&c_sh[r * Cfg::C_STRIDE + c]));
-    }
-    __threadfence();
-    __syncthreads();
-    if (tid == 0) {
-      const int arrived = atomicAdd(&p.counters[tile], 1);
-      tile_is_last = arrived == p.splits - 1;
-      if (tile_is_last) p.counters[tile] = 0;  // every other split has arrived: reusable, graph safe
-    }
-    __syncthreads();
-    if (!tile_is_last) return;
-    __threadfence();
-    // Up to 8 slots are loaded before any is added (the loads' L2 latencies overlap instead of adding up;
-    // at M = 1 only TN/4 threads have work here), then added in split order: bit-identical to a serial sum.
-    constexpr int kInFlight = 8;
-    for (int i = tid; i < rows * TN4; i += Cfg::THREADS) {
-      const int r = i / TN4, c = (i % TN4) * 4;
-      float4* own = reinterpret_cast<float4*>(&c_sh[r * Cfg::C_STRIDE + c]);
-      const float* slot0 = p.partials + tile * tile_elems + r * Cfg::TN + c;
-      float4 sum = make_float4(0.f, 0.f, 0.f, 0.f);
-      for (int s0 = 0; s0 < p.splits; s0 += kInFlight) {
-        float4 v[kInFlight];
-#pragma unroll
-        for (int u = 0; u < kInFlight; ++u) {
-          const int s = s0 + u;
-          if (s < p.splits)
-            v[u] = s == split ? *own : __ldcg(reinterpret_cast<const float4*>(slot0 + s * num_tiles * tile_elems));
-        }
-#pragma unroll
-        for (int u = 0; u < kInFlight; ++u) {
-          const int s = s0 + u;
-          if (s == 0) {
-            sum = v[u];
-          } else if (s < p.splits) {
-            sum.x += v[u].x;
-            sum.y += v[u].y;
-            sum.z += v[u].z;
-            sum.w += v[u].w;
-          }
-        }
-      }
-      *own = sum;
-    }
-    __syncthreads();
-  }
-
-  // ---- epilogue: FP32 scale (+ bias), one rounding, 16-byte stores --------------------------------------
-  const float factor = p.gs_per_column ? kEpilogueFactor : __ldg(gs_ptr) * kEpilogueFactor;
-  auto column_factor = [&](int c) { return p.gs_per_column ? __ldg(gs_ptr + c) * factor : factor; };
-  const T* bias = static_cast<const T*>(p.bias);
-  T* c_out = static_cast<T*>(p.c);
-  const bool vector_store = (p.n % 8) == 0 && (p.ldc % 8) == 0;
-  constexpr int TN8 = Cfg::TN / 8;
-  for (int i = tid; i < rows * TN8; i += Cfg::THREADS) {
-    const int r = i / TN8, c = (i % TN8) * 8;
-    const int col = n0 + c;
-    if (col >= p.n) continue;
-    const float4 lo = *reinterpret_cast<const float4*>(&c_sh[r * Cfg::C_STRIDE + c]);
-    const float4 hi = *reinterpret_cast<const float4*>(&c_sh[r * Cfg::C_STRIDE + c + 4]);
-    float v[8] = {lo.x, lo.y, lo.z, lo.w, hi.x, hi.y, hi.z, hi.w};
-    const int64_t c_row = kMoe ? routed_id(m0 + r) : m0 + r;
-    if (c_row < 0) continue;
-    T* dst = c_out + c_row * p.ldc + col;
-    if (vector_store) {
-      __align__(16) T out[8];
-#pragma unroll
-      for (int e = 0; e < 8; ++e) {
-        float x = v[e] * column_factor(col + e);
-        if (bias != nullptr) x += D::to_float(bias[col + e]);
-        out[e] = D::from_float(x);
-      }
-      *reinterpret_cast<int4*>(dst) = *reinterpret_cast<const int4*>(out);
-    } else {
-      for (int e = 0; e < 8 && col + e < p.n; ++e) {
-        float x = v[e] * column_factor(col + e);
-        if (bias != nullptr) x += D::to_float(bias[col + e]);
-        dst[e] = D::from_float(x);
-      }
-    }
-  }
+  finish_tile<T, Cfg, kMoe>(acc, smem, p, gs_ptr, m_tile, n_tile, split, warp_row0, wn, wk, routed_id);
 }
 
 }  // namespace nvfp4

@@ -10,6 +10,7 @@
 #include <optional>
 
 #include "gemm_kernel.cuh"
+#include "gemv_kernel.cuh"
 
 namespace nvfp4 {
 
@@ -21,9 +22,9 @@ using ConfigM16 = GemmConfig<1, 1, 128, 128, 4, 256, 2>;
 using ConfigM32 = GemmConfig<2, 1, 128, 128, 4, 256, 2>;
 using ConfigM64 = GemmConfig<4, 1, 128, 128, 4, 256, 1>;
 using ConfigLarge = GemmConfig<4, 2, 256, 64, 4, 256, 1>;
-// Decode (M <= 16) on large weights is limited by the weight bytes in flight per SM under load: 7 stages of
-// 9 KB of weights per CTA instead of 3 (104 KB of shared memory, still 2 CTAs/SM).
-using ConfigM16Deep = GemmConfig<1, 1, 128, 128, 8, 256, 2>;
+// Decode (gemv_kernel.cuh): 8-row tiles, 8 warps = 2 (n) x 4 (k), 6 k16 steps of loads in flight per warp.
+using ConfigGemv8 = GemvConfig<2, 4, 6, 2>;
+constexpr int kGemvMinStepsPerWarp = 4;  // split K no finer than this many k16 steps per warp
 
 constexpr int kMaxDevices = 64;
 constexpr int kMaxSplits = 32;
@@ -37,50 +38,78 @@ inline int sm_count(int device) {
   return count[device];
 }
 
-template <typename T, class Cfg, bool kMoe = false>
-int configured_occupancy(int device) {
+template <auto kKernel, int kThreads, int kSmemBytes>
+int kernel_occupancy(int device) {
   // Per (kernel, device): raise the dynamic shared-memory limit once and remember resident CTAs per SM.
   static std::array<int, kMaxDevices> occupancy{};
   TORCH_CHECK(device >= 0 && device < kMaxDevices, "nvfp4_C: device index out of range");
   if (occupancy[device] == 0) {
-    auto kernel = marlin_gemm_kernel<T, Cfg, kMoe>;
-    C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Cfg::SMEM_BYTES));
+    C10_CUDA_CHECK(cudaFuncSetAttribute(kKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes));
     int blocks = 0;
-    C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, kernel, Cfg::THREADS, Cfg::SMEM_BYTES));
+    C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, kKernel, kThreads, kSmemBytes));
     occupancy[device] = std::max(blocks, 1);
   }
   return occupancy[device];
 }
 
+template <typename T, class Cfg, bool kMoe = false>
+int configured_occupancy(int device) {
+  return kernel_occupancy<marlin_gemm_kernel<T, Cfg, kMoe>, Cfg::THREADS, Cfg::SMEM_BYTES>(device);
+}
+
+// Split-K sizing and workspace of a dense launch: K is split only when the output tiles cannot fill every
+// resident-CTA slot, into at most max_splits ranges. Counters (zeroed here, reset by the kernel) and FP32
+// partials come from the caching allocator: stream-ordered, CUDA-graph safe; the caller keeps them alive
+// until the launch is enqueued.
+struct SplitKWorkspace {
+  at::Tensor counters, partials;
+};
+
+inline SplitKWorkspace plan_split_k(MarlinGemmParams& p, int64_t slots, int max_splits, int64_t tile_elems,
+                                    int device, cudaStream_t stream) {
+  const int64_t tiles = static_cast<int64_t>(p.m_tiles) * p.n_tiles;
+  int splits = 1;
+  if (tiles < slots) splits = std::max(1, static_cast<int>(std::min<int64_t>({slots / tiles, max_splits, kMaxSplits})));
+  p.splits = splits;
+  SplitKWorkspace ws;
+  if (splits > 1) {
+    auto opts = at::TensorOptions().device(at::kCUDA, device);
+    ws.counters = at::empty({tiles}, opts.dtype(at::kInt));
+    C10_CUDA_CHECK(cudaMemsetAsync(ws.counters.data_ptr<int>(), 0, tiles * sizeof(int), stream));
+    ws.partials = at::empty({splits * tiles * tile_elems}, opts.dtype(at::kFloat));
+    p.counters = ws.counters.data_ptr<int>();
+    p.partials = ws.partials.data_ptr<float>();
+  }
+  return ws;
+}
+
 template <typename T, class Cfg>
 void launch_with_config(MarlinGemmParams p, int device) {
-  const int occupancy = configured_occupancy<T, Cfg>(device);
-  const int sms = sm_count(device);
   p.m_tiles = (p.m + Cfg::ROWS - 1) / Cfg::ROWS;
   p.n_tiles = (p.n_pad + Cfg::TN - 1) / Cfg::TN;
   p.k_tiles = (p.k_pad + Cfg::TK - 1) / Cfg::TK;
   TORCH_CHECK(p.m_tiles <= 65535, "nvfp4_C::marlin_gemm: M too large for one launch");
-  const int64_t tiles = static_cast<int64_t>(p.m_tiles) * p.n_tiles;
-  // Split K only when the output tiles cannot fill every resident-CTA slot; each split keeps >= 1 k-tile.
-  const int64_t slots = static_cast<int64_t>(sms) * occupancy;
-  int splits = 1;
-  if (tiles < slots) {
-    splits = static_cast<int>(std::min<int64_t>({slots / tiles, p.k_tiles, kMaxSplits}));
-    splits = std::max(splits, 1);
-  }
-  p.splits = splits;
+  const int64_t slots = static_cast<int64_t>(sm_count(device)) * configured_occupancy<T, Cfg>(device);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(device);
-  at::Tensor counters, partials;  // from the caching allocator: stream-ordered, CUDA-graph safe
-  if (splits > 1) {
-    auto opts = at::TensorOptions().device(at::kCUDA, device);
-    counters = at::empty({tiles}, opts.dtype(at::kInt));
-    C10_CUDA_CHECK(cudaMemsetAsync(counters.data_ptr<int>(), 0, tiles * sizeof(int), stream));
-    partials = at::empty({splits * tiles * Cfg::ROWS * Cfg::TN}, opts.dtype(at::kFloat));
-    p.counters = counters.data_ptr<int>();
-    p.partials = partials.data_ptr<float>();
-  }
-  const dim3 grid(p.n_tiles, p.m_tiles, splits);
+  const SplitKWorkspace ws = plan_split_k(p, slots, p.k_tiles, Cfg::ROWS * Cfg::TN, device, stream);
+  const dim3 grid(p.n_tiles, p.m_tiles, p.splits);
   marlin_gemm_kernel<T, Cfg><<<grid, Cfg::THREADS, Cfg::SMEM_BYTES, stream>>>(p);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+template <typename T, class Cfg>
+void launch_gemv_with_config(MarlinGemmParams p, int device) {
+  p.m_tiles = (p.m + Cfg::ROWS - 1) / Cfg::ROWS;
+  p.n_tiles = (p.n_pad + Cfg::TN - 1) / Cfg::TN;
+  TORCH_CHECK(p.m_tiles <= 65535, "nvfp4_C::marlin_gemm: M too large for one launch");
+  constexpr auto kernel = marlin_gemv_kernel<T, Cfg>;
+  const int64_t slots = static_cast<int64_t>(sm_count(device)) *
+                        kernel_occupancy<kernel, Cfg::THREADS, Cfg::SMEM_BYTES>(device);
+  const int max_splits = std::max(1, p.k / 16 / (Cfg::WARPS_K * kGemvMinStepsPerWarp));
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(device);
+  const SplitKWorkspace ws = plan_split_k(p, slots, max_splits, Cfg::ROWS * Cfg::TN, device, stream);
+  const dim3 grid(p.n_tiles, p.m_tiles, p.splits);
+  kernel<<<grid, Cfg::THREADS, Cfg::SMEM_BYTES, stream>>>(p);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
@@ -111,7 +140,7 @@ void launch_marlin_gemm(const at::Tensor& x, const at::Tensor& qweight, const at
     case 1: launch_with_config<T, ConfigM32>(p, device); break;
     case 2: launch_with_config<T, ConfigM64>(p, device); break;
     case 3: launch_with_config<T, ConfigLarge>(p, device); break;
-    case 4: launch_with_config<T, ConfigM16Deep>(p, device); break;
+    case 4: launch_gemv_with_config<T, ConfigGemv8>(p, device); break;
     default: TORCH_CHECK(false, "nvfp4_C::marlin_gemm: no tile config ", config);
   }
 }
