@@ -68,27 +68,34 @@ __global__ void __launch_bounds__(Cfg::THREADS, Cfg::MIN_BLOCKS) marlin_gemv_ker
   const int k16 = kb + wk;
   const int4* b_ptr = p.b + static_cast<int64_t>(k16) * (p.n_pad / 2) + tile64 * 32 + lane;
   const uint8_t* s_ptr = p.s + static_cast<int64_t>(k16) * p.n_pad + tile64 * 64 + (lane >> 2) * 8;
-  // A fragment rows lane/4 (a[0], a[2]: this tile's 8 rows) and lane/4 + 8 (a[1], a[3]: zero, never stored).
-  const int row = m_tile * Cfg::ROWS + (lane >> 2);
-  const bool row_ok = row < p.m;
+  // A fragment rows lane/4 (a[0], a[2]: this tile's 8 rows) and lane/4 + 8 (a[1], a[3]: zero). Rows past M
+  // read row M-1 instead (always in bounds, finite): an MMA row depends only on its own A row, and output rows
+  // past M are never stored, so the loads need no predicate.
+  const int row = min(m_tile * Cfg::ROWS + (lane >> 2), p.m - 1);
   const uint32_t* a_ptr = reinterpret_cast<const uint32_t*>(static_cast<const T*>(p.a) +
-                                                            static_cast<int64_t>(row_ok ? row : 0) * p.lda +
-                                                            k16 * 16 + 2 * (lane & 3));
+                                                            static_cast<int64_t>(row) * p.lda + k16 * 16 +
+                                                            2 * (lane & 3));
   const int64_t b_step = static_cast<int64_t>(Cfg::WARPS_K) * (p.n_pad / 2);
   const int64_t s_step = static_cast<int64_t>(Cfg::WARPS_K) * p.n_pad;
   constexpr int a_step = Cfg::WARPS_K * 16 / 2;  // uint32 (two activations) per step
 
+  // Ring of STEPS slots in registers. Loads are unconditional (no branch may separate a load from its slot,
+  // or the compiler funnels the ring through copies that wait on the load): once the pointers reach this
+  // warp's last step they stop advancing, so the few loads past the end re-read that step. A warp with no
+  // steps (tile past N_pad, or no k16 steps in its slice) loads nothing.
   uint4 bq[Cfg::STEPS];
   uint2 sc[Cfg::STEPS];
   uint32_t a_lo[Cfg::STEPS], a_hi[Cfg::STEPS];
-  auto load = [&](int slot) {  // the next step's operands into `slot`; steps are loaded strictly in order
+  int loaded = 0;
+  auto load = [&](int slot) {
     bq[slot] = ld_stream_v4(b_ptr);
     sc[slot] = ld_stream_v2(s_ptr);
-    a_lo[slot] = row_ok ? __ldg(a_ptr) : 0u;
-    a_hi[slot] = row_ok ? __ldg(a_ptr + 4) : 0u;
-    b_ptr += b_step;
-    s_ptr += s_step;
-    a_ptr += a_step;
+    a_lo[slot] = __ldg(a_ptr);
+    a_hi[slot] = __ldg(a_ptr + 4);
+    const bool advance = ++loaded < steps;
+    b_ptr += advance ? b_step : 0;
+    s_ptr += advance ? s_step : 0;
+    a_ptr += advance ? a_step : 0;
   };
 
   float acc[1][8][4];
@@ -97,18 +104,17 @@ __global__ void __launch_bounds__(Cfg::THREADS, Cfg::MIN_BLOCKS) marlin_gemv_ker
 #pragma unroll
     for (int i = 0; i < 4; ++i) acc[0][nt][i] = 0.0f;
 
+  if (steps > 0) {
 #pragma unroll
-  for (int u = 0; u < Cfg::STEPS; ++u)
-    if (u < steps) load(u);
-  for (int base = 0; base < steps; base += Cfg::STEPS) {
+    for (int u = 0; u < Cfg::STEPS; ++u) load(u);
+    for (int base = 0; base < steps; base += Cfg::STEPS) {
 #pragma unroll
-    for (int u = 0; u < Cfg::STEPS; ++u) {
-      if (base + u < steps) {
+      for (int u = 0; u < Cfg::STEPS; ++u) {
         const uint32_t a[1][4] = {{a_lo[u], 0u, a_hi[u], 0u}};
         const uint4 q = bq[u];
         const uint2 s = sc[u];
-        if (base + u + Cfg::STEPS < steps) load(u);
-        mma_k16<T, 1>(acc, a, q, s);
+        if (base + u < steps) mma_k16<T, 1>(acc, a, q, s);
+        load(u);
       }
     }
   }
