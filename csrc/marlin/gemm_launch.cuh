@@ -57,22 +57,25 @@ int configured_occupancy(int device) {
   return kernel_occupancy<marlin_gemm_kernel<T, Cfg, kMoe>, Cfg::THREADS, Cfg::SMEM_BYTES>(device);
 }
 
-// Split-K sizing and workspace of a dense launch: K is split only when the output tiles cannot fill every
-// resident-CTA slot, into at most max_splits ranges. Counters (zeroed here, reset by the kernel) and FP32
-// partials come from the caching allocator: stream-ordered, CUDA-graph safe; the caller keeps them alive
-// until the launch is enqueued.
+// Split-K sizing and workspace of a launch: K is split only when the tiles that hold work (`busy_tiles`;
+// the grid's tiles for a dense GEMM, a host estimate for MoE) cannot fill every resident-CTA slot, into at most
+// max_splits ranges. The workspace covers every tile of the grid. Counters (zeroed here, reset by the kernel)
+// and FP32 partials come from the caching allocator: stream-ordered, CUDA-graph safe; the caller keeps them
+// alive until the launch is enqueued.
 struct SplitKWorkspace {
   at::Tensor counters, partials;
 };
 
-inline SplitKWorkspace plan_split_k(MarlinGemmParams& p, int64_t slots, int max_splits, int64_t tile_elems,
-                                    int device, cudaStream_t stream) {
-  const int64_t tiles = static_cast<int64_t>(p.m_tiles) * p.n_tiles;
+inline SplitKWorkspace plan_split_k(MarlinGemmParams& p, int64_t busy_tiles, int64_t slots, int max_splits,
+                                    int64_t tile_elems, int device, cudaStream_t stream) {
   int splits = 1;
-  if (tiles < slots) splits = std::max(1, static_cast<int>(std::min<int64_t>({slots / tiles, max_splits, kMaxSplits})));
+  if (busy_tiles < slots) {
+    splits = std::max(1, static_cast<int>(std::min<int64_t>({slots / busy_tiles, max_splits, kMaxSplits})));
+  }
   p.splits = splits;
   SplitKWorkspace ws;
   if (splits > 1) {
+    const int64_t tiles = static_cast<int64_t>(p.m_tiles) * p.n_tiles;
     auto opts = at::TensorOptions().device(at::kCUDA, device);
     ws.counters = at::empty({tiles}, opts.dtype(at::kInt));
     C10_CUDA_CHECK(cudaMemsetAsync(ws.counters.data_ptr<int>(), 0, tiles * sizeof(int), stream));
@@ -91,7 +94,8 @@ void launch_with_config(MarlinGemmParams p, int device) {
   TORCH_CHECK(p.m_tiles <= 65535, "nvfp4_C::marlin_gemm: M too large for one launch");
   const int64_t slots = static_cast<int64_t>(sm_count(device)) * configured_occupancy<T, Cfg>(device);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(device);
-  const SplitKWorkspace ws = plan_split_k(p, slots, p.k_tiles, Cfg::ROWS * Cfg::TN, device, stream);
+  const int64_t tiles = static_cast<int64_t>(p.m_tiles) * p.n_tiles;
+  const SplitKWorkspace ws = plan_split_k(p, tiles, slots, p.k_tiles, Cfg::ROWS * Cfg::TN, device, stream);
   const dim3 grid(p.n_tiles, p.m_tiles, p.splits);
   marlin_gemm_kernel<T, Cfg><<<grid, Cfg::THREADS, Cfg::SMEM_BYTES, stream>>>(p);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -107,7 +111,8 @@ void launch_gemv_with_config(MarlinGemmParams p, int device) {
                         kernel_occupancy<kernel, Cfg::THREADS, Cfg::SMEM_BYTES>(device);
   const int max_splits = std::max(1, p.k / 16 / (Cfg::WARPS_K * kGemvMinStepsPerWarp));
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(device);
-  const SplitKWorkspace ws = plan_split_k(p, slots, max_splits, Cfg::ROWS * Cfg::TN, device, stream);
+  const int64_t tiles = static_cast<int64_t>(p.m_tiles) * p.n_tiles;
+  const SplitKWorkspace ws = plan_split_k(p, tiles, slots, max_splits, Cfg::ROWS * Cfg::TN, device, stream);
   const dim3 grid(p.n_tiles, p.m_tiles, p.splits);
   kernel<<<grid, Cfg::THREADS, Cfg::SMEM_BYTES, stream>>>(p);
   C10_CUDA_KERNEL_LAUNCH_CHECK();

@@ -49,24 +49,9 @@ void launch_moe_gemm_config(const MoeGemmArgs& args, const MoeRouting& routing, 
   const int occupancy = configured_occupancy<T, Cfg, /*kMoe=*/true>(device);
   const int64_t slots = static_cast<int64_t>(sm_count(device)) * occupancy;
   const int64_t busy_tiles = static_cast<int64_t>(std::max(1, routing.expected_tiles)) * p.n_tiles;
-  int splits = 1;
-  if (busy_tiles < slots) {
-    splits = static_cast<int>(std::min<int64_t>({slots / busy_tiles, p.k_tiles, kMaxSplits}));
-    splits = std::max(splits, 1);
-  }
-  p.splits = splits;
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(device);
-  at::Tensor counters, partials;  // caching allocator: stream ordered, CUDA-graph safe
-  if (splits > 1) {
-    const int64_t tiles = static_cast<int64_t>(p.m_tiles) * p.n_tiles;
-    auto opts = at::TensorOptions().device(at::kCUDA, device);
-    counters = at::empty({tiles}, opts.dtype(at::kInt));
-    C10_CUDA_CHECK(cudaMemsetAsync(counters.data_ptr<int>(), 0, tiles * sizeof(int), stream));
-    partials = at::empty({splits * tiles * Cfg::ROWS * Cfg::TN}, opts.dtype(at::kFloat));
-    p.counters = counters.data_ptr<int>();
-    p.partials = partials.data_ptr<float>();
-  }
-  const dim3 grid(p.n_tiles, p.m_tiles, splits);
+  const SplitKWorkspace ws = plan_split_k(p, busy_tiles, slots, p.k_tiles, Cfg::ROWS * Cfg::TN, device, stream);
+  const dim3 grid(p.n_tiles, p.m_tiles, p.splits);
   marlin_gemm_kernel<T, Cfg, true><<<grid, Cfg::THREADS, Cfg::SMEM_BYTES, stream>>>(p);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
