@@ -37,12 +37,20 @@ def dequantize_weight(qweight, scales, global_scale, size_n: int, size_k: int, d
     return torch.ops.nvfp4_C.marlin_dequantize(qweight, scales, global_scale.reshape(-1).contiguous(), size_n, size_k, dtype)
 
 
-def _marlin_tactic(name: str, config: int) -> Tactic:
+# Configs built for a few rows only: the decode kernel makes one pass over the whole weight per 8 rows of x
+# (csrc/marlin/gemv_kernel.cuh), so it is not profiled for larger M buckets (a prefill-sized M would stream
+# the weight hundreds of times just to be rejected).
+CONFIG_MAX_M = {"gemv8": 8}
+
+
+def _marlin_tactic(name: str, config: int, max_m: int | None = None) -> Tactic:
     def run(x2, qweight, scales, global_scale, bias, size_n, size_k):
         return torch.ops.nvfp4_C.marlin_gemm(x2, qweight, scales, global_scale.reshape(-1).contiguous(), bias, size_n,
                                              size_k, config)
 
-    return Tactic(name, run)
+    if max_m is None:
+        return Tactic(name, run)
+    return Tactic(name, run, applies=lambda key: key.m_bucket <= max_m, not_applicable=f"built for M <= {max_m}")
 
 
 def _dequant_linear(x2, qweight, scales, global_scale, bias, size_n, size_k):
@@ -80,7 +88,7 @@ def tactic_set() -> TacticSet:
     if not available():
         raise RuntimeError(f"nvfp4_compile: GEMM tactics need the CUDA extension ({_C.LOAD_ERROR or 'not built'})")
     configs = list(torch.ops.nvfp4_C.marlin_gemm_configs())
-    tactics = [_marlin_tactic(f"marlin.{name}", i) for i, name in enumerate(configs)]
+    tactics = [_marlin_tactic(f"marlin.{name}", i, CONFIG_MAX_M.get(name)) for i, name in enumerate(configs)]
     tactics.append(Tactic("dequant", _dequant_linear))
     return TacticSet("marlin_gemm", tuple(tactics), fallback=_marlin_tactic("marlin", -1), build=extension_build_id())
 

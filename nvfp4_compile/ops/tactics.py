@@ -33,8 +33,13 @@ CACHE_DIR_ENV = "NVFP4_COMPILE_CACHE_DIR"
 
 @dataclass(frozen=True)
 class Tactic:
+    """One implementation. `applies(key)` False: the tactic is not built for that problem (e.g. a decode
+    kernel at prefill M); it is recorded as failed with the reason, without being run or timed."""
+
     name: str
     run: Callable[..., torch.Tensor]
+    applies: Callable[["ProblemKey"], bool] = lambda key: True
+    not_applicable: str = ""  # the reason recorded when applies(key) is False
 
 
 @dataclass(frozen=True)
@@ -242,6 +247,9 @@ class TacticSelector:
     def _profile(self, key: ProblemKey, measure: Callable[[Tactic], float]) -> Choice:
         times, failed = {}, {}
         for tactic in self.tactic_set.tactics:
+            if not tactic.applies(key):
+                failed[tactic.name] = f"not applicable: {tactic.not_applicable}"
+                continue
             try:
                 ms = float(measure(tactic))
                 if not math.isfinite(ms) or ms < 0:

@@ -78,6 +78,30 @@ def test_raising_tactic_is_dropped_never_chosen(tmp_path):
     assert reloaded.best == "a" and set(reloaded.failed) == {"b", "c"}
 
 
+def test_tactic_not_built_for_the_problem_is_never_run(tmp_path):
+    """A tactic whose applies(key) is False (the decode kernel at a prefill M) is recorded as failed with its
+    reason, without a warm-up or timing run; the cache entry still covers every tactic name."""
+    decode_only = Tactic("d", lambda: "d", applies=lambda key: key.m_bucket <= 8, not_applicable="built for M <= 8")
+    ts = TacticSet("fake_gemm", (Tactic("a", lambda: "a"), decode_only), Tactic("fallback", lambda: "fallback"))
+    sel = make_selector(tmp_path, tactic_set=ts)
+    timings = Timings({"a": 0.30, "d": 0.01})
+    assert sel.select(KEY, timings).name == "a"  # KEY.m_bucket = 64
+    assert timings.calls == ["a"]
+    assert sel.choice(KEY).failed == {"d": "not applicable: built for M <= 8"}
+    small = ProblemKey(KEY.device, KEY.n, KEY.k, 8, "bf16")
+    assert sel.select(small, timings).name == "d" and timings.calls == ["a", "a", "d"]
+    assert make_selector(tmp_path, tactic_set=ts).choice(KEY).best == "a"  # the entry reloads from disk
+
+
+def test_decode_config_tactic_applies_to_small_m_only():
+    from nvfp4_compile.ops import gemm_tactics
+
+    tactic = gemm_tactics._marlin_tactic("marlin.gemv8", 4, gemm_tactics.CONFIG_MAX_M["gemv8"])
+    assert [tactic.applies(ProblemKey(KEY.device, 4096, 4096, b, "bf16")) for b in (1, 8, 16, 4096)] == [
+        True, True, False, False]
+    assert gemm_tactics._marlin_tactic("marlin.m16", 0).applies(KEY)
+
+
 def test_every_tactic_failing_is_an_error(tmp_path):
     sel = make_selector(tmp_path)
     with pytest.raises(RuntimeError, match="every fake_gemm tactic failed"):
