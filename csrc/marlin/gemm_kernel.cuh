@@ -89,7 +89,6 @@ struct GemmConfig {
   static_assert(K16 * TN / 16 <= THREADS, "one 16-byte scale chunk per thread at most");
 };
 
-
 // One k16 step (one scale block) of a warp: 16 x 64 weights (one 16-byte int4 per lane: 4 int32 of nibble
 // pairs) and their 8-byte scale codes dequantized in registers into B fragments, times MB m16 A fragments.
 template <typename T, int MB>
