@@ -15,7 +15,7 @@ import torch
 import torch.fx as fx
 
 from .folded_constants import fold
-from .graph_utils import fake_mode_of, remove_dead_code, short_target, source_name, val
+from .graph_utils import fake_mode_of, op_name, remove_dead_code, short_target, source_name, val
 from .manager import PassContext
 
 
@@ -120,8 +120,8 @@ class FoldConstants:
                 new_inputs.append(ph)
             accessors = [placeholders.index(s) if s.op == "placeholder" else _get_attr(gm, s.target) for s in sources]
             ctx.folded.append((entry, accessors, new_inputs))
-            ops = ", ".join(dict.fromkeys(short_target(n).split(".")[-1] for n in component if n.op != "placeholder"
-                                          and short_target(n) != "getitem"))
+            ops = ", ".join(dict.fromkeys(op_name(n) for n in component if n.op != "placeholder"
+                                          and op_name(n) != "getitem"))
             ctx.report.folded.append(_folded_row(index, names, ops, entry, cached))
         remove_dead_code(gm)
 

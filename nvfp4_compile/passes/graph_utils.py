@@ -253,10 +253,8 @@ def graph_listing(gm: fx.GraphModule) -> str:
 
 
 def op_name(node: fx.Node) -> str:
-    target = node.target
-    if isinstance(target, torch._ops.OpOverload):
-        return target.overloadpacket.__name__
-    return target if isinstance(target, str) else getattr(target, "__name__", "")
+    """Bare op name: 'marlin_gemm', 'index_copy_', 'setitem', 't' (short_target without its namespace)."""
+    return short_target(node).split(".")[-1]
 
 
 def writes_first_arg(node: fx.Node) -> bool:
