@@ -86,36 +86,33 @@ inline SplitKWorkspace plan_split_k(MarlinGemmParams& p, int64_t busy_tiles, int
   return ws;
 }
 
-template <typename T, class Cfg>
-void launch_with_config(MarlinGemmParams p, int device) {
-  p.m_tiles = (p.m + Cfg::ROWS - 1) / Cfg::ROWS;
-  p.n_tiles = (p.n_pad + Cfg::TN - 1) / Cfg::TN;
-  p.k_tiles = (p.k_pad + Cfg::TK - 1) / Cfg::TK;
-  TORCH_CHECK(p.m_tiles <= 65535, "nvfp4_C::marlin_gemm: M too large for one launch");
-  const int64_t slots = static_cast<int64_t>(sm_count(device)) * configured_occupancy<T, Cfg>(device);
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(device);
-  const int64_t tiles = static_cast<int64_t>(p.m_tiles) * p.n_tiles;
-  const SplitKWorkspace ws = plan_split_k(p, tiles, slots, p.k_tiles, Cfg::ROWS * Cfg::TN, device, stream);
-  const dim3 grid(p.n_tiles, p.m_tiles, p.splits);
-  marlin_gemm_kernel<T, Cfg><<<grid, Cfg::THREADS, Cfg::SMEM_BYTES, stream>>>(p);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-}
-
-template <typename T, class Cfg>
-void launch_gemv_with_config(MarlinGemmParams p, int device) {
+// One dense launch of kernel kKernel (tiled or decode) with config Cfg: tiles of Cfg::ROWS x Cfg::TN, split-K
+// into at most max_splits ranges when the tiles cannot fill the GPU.
+template <auto kKernel, class Cfg>
+void launch_tiles(MarlinGemmParams p, int device, int max_splits) {
   p.m_tiles = (p.m + Cfg::ROWS - 1) / Cfg::ROWS;
   p.n_tiles = (p.n_pad + Cfg::TN - 1) / Cfg::TN;
   TORCH_CHECK(p.m_tiles <= 65535, "nvfp4_C::marlin_gemm: M too large for one launch");
-  constexpr auto kernel = marlin_gemv_kernel<T, Cfg>;
   const int64_t slots = static_cast<int64_t>(sm_count(device)) *
-                        kernel_occupancy<kernel, Cfg::THREADS, Cfg::SMEM_BYTES>(device);
-  const int max_splits = std::max(1, p.k / 16 / (Cfg::WARPS_K * kGemvMinStepsPerWarp));
+                        kernel_occupancy<kKernel, Cfg::THREADS, Cfg::SMEM_BYTES>(device);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(device);
   const int64_t tiles = static_cast<int64_t>(p.m_tiles) * p.n_tiles;
   const SplitKWorkspace ws = plan_split_k(p, tiles, slots, max_splits, Cfg::ROWS * Cfg::TN, device, stream);
   const dim3 grid(p.n_tiles, p.m_tiles, p.splits);
-  kernel<<<grid, Cfg::THREADS, Cfg::SMEM_BYTES, stream>>>(p);
+  kKernel<<<grid, Cfg::THREADS, Cfg::SMEM_BYTES, stream>>>(p);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+template <typename T, class Cfg>
+void launch_with_config(MarlinGemmParams p, int device) {
+  p.k_tiles = (p.k_pad + Cfg::TK - 1) / Cfg::TK;  // each split keeps >= 1 k-tile
+  launch_tiles<marlin_gemm_kernel<T, Cfg>, Cfg>(p, device, p.k_tiles);
+}
+
+template <typename T, class Cfg>
+void launch_gemv_with_config(MarlinGemmParams p, int device) {
+  launch_tiles<marlin_gemv_kernel<T, Cfg>, Cfg>(p, device,
+                                                std::max(1, p.k / 16 / (Cfg::WARPS_K * kGemvMinStepsPerWarp)));
 }
 
 template <typename T>
