@@ -12,6 +12,7 @@
 #include <cuda_fp16.h>
 
 #include <cstdint>
+#include <type_traits>
 
 namespace nvfp4 {
 
@@ -84,10 +85,18 @@ __device__ __forceinline__ uint32_t scale_pair(uint32_t word) {
 template <typename T>
 __device__ __forceinline__ void dequant_int32(uint32_t q, uint32_t s_lo, uint32_t s_hi, uint32_t (&b_lo)[2],
                                               uint32_t (&b_hi)[2]) {
-  b_lo[0] = Dtype<T>::mul2(nibble_pair<T>(q << 12), s_lo);  // nibbles 0,4 = v0,v1: k = r, r+1
-  b_lo[1] = Dtype<T>::mul2(nibble_pair<T>(q << 8), s_lo);   // nibbles 1,5 = v2,v3: k = r+8, r+9
-  b_hi[0] = Dtype<T>::mul2(nibble_pair<T>(q << 4), s_hi);   // nibbles 2,6 = v4,v5
-  b_hi[1] = Dtype<T>::mul2(nibble_pair<T>(q), s_hi);        // nibbles 3,7 = v6,v7
+  if constexpr (std::is_same_v<T, __nv_bfloat16>) {
+    // Nibbles 0 and 1 of each half by one multiply instead of two shifts: x * (2^a + 2^b) is the sum of two
+    // copies of x that share no set bit (so no carries): one puts the magnitude bits at 6..8, the other the
+    // sign at 15; the mask keeps those. Bit-identical to nibble_pair (tests/formats/test_marlin_layout.py).
+    b_lo[0] = Dtype<T>::mul2(((q & 0x000F000Fu) * 0x1040u) & 0x81C081C0u, s_lo);  // copies << 6, << 12
+    b_lo[1] = Dtype<T>::mul2(((q & 0x00F000F0u) * 0x0104u) & 0x81C081C0u, s_lo);  // copies << 2, << 8
+  } else {
+    b_lo[0] = Dtype<T>::mul2(nibble_pair<T>(q << 12), s_lo);  // nibbles 0,4 = v0,v1: k = r, r+1
+    b_lo[1] = Dtype<T>::mul2(nibble_pair<T>(q << 8), s_lo);   // nibbles 1,5 = v2,v3: k = r+8, r+9
+  }
+  b_hi[0] = Dtype<T>::mul2(nibble_pair<T>(q << 4), s_hi);  // nibbles 2,6 = v4,v5
+  b_hi[1] = Dtype<T>::mul2(nibble_pair<T>(q), s_hi);       // nibbles 3,7 = v6,v7
 }
 
 }  // namespace nvfp4

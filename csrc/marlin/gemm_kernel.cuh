@@ -90,10 +90,10 @@ struct GemmConfig {
 };
 
 // One k16 step (one scale block) of a warp: 16 x 64 weights (one 16-byte int4 per lane: 4 int32 of nibble
-// pairs) and their 8-byte scale codes dequantized in registers into B fragments, times MB m16 A fragments.
-template <typename T, int MB>
-__device__ __forceinline__ void mma_k16(float (&acc)[MB][8][4], const uint32_t (&a)[MB][4], const uint4 bq,
-                                        const uint2 sc) {
+// pairs) and their 8-byte scale codes dequantized in registers into the B fragments of n8 tiles 2w, 2w+1 (w =
+// 0..3), handed to mma(w, b_lo, b_hi).
+template <typename T, class Mma>
+__device__ __forceinline__ void dequant_k16(const uint4 bq, const uint2 sc, Mma mma) {
   const uint32_t q[4] = {bq.x, bq.y, bq.z, bq.w};
   const uint32_t s2[8] = {scale_pair<T, 0>(sc.x), scale_pair<T, 1>(sc.x), scale_pair<T, 2>(sc.x),
                           scale_pair<T, 3>(sc.x), scale_pair<T, 0>(sc.y), scale_pair<T, 1>(sc.y),
@@ -102,54 +102,47 @@ __device__ __forceinline__ void mma_k16(float (&acc)[MB][8][4], const uint32_t (
   for (int w = 0; w < 4; ++w) {
     uint32_t b_lo[2], b_hi[2];
     dequant_int32<T>(q[w], s2[2 * w], s2[2 * w + 1], b_lo, b_hi);
+    mma(w, b_lo, b_hi);
+  }
+}
+
+// The tiled kernels' k16 step: the dequantized weights as B operand, times MB m16 A fragments.
+template <typename T, int MB>
+__device__ __forceinline__ void mma_k16(float (&acc)[MB][8][4], const uint32_t (&a)[MB][4], const uint4 bq,
+                                        const uint2 sc) {
+  dequant_k16<T>(bq, sc, [&](int w, const uint32_t (&b_lo)[2], const uint32_t (&b_hi)[2]) {
 #pragma unroll
     for (int mb = 0; mb < MB; ++mb) {
       Dtype<T>::mma(acc[mb][2 * w], a[mb], b_lo);
       Dtype<T>::mma(acc[mb][2 * w + 1], a[mb], b_hi);
     }
+  });
+}
+
+// Adds the WARPS_K warps' partial tiles in shared memory in warp order (deterministic): warp wk calls
+// write(accumulate) in round wk, accumulate = false for the first.
+template <class Cfg, class Write>
+__device__ __forceinline__ void reduce_k_warps(int wk, Write write) {
+#pragma unroll 1
+  for (int r = 0; r < Cfg::WARPS_K; ++r) {
+    if (wk == r) write(r > 0);
+    __syncthreads();
   }
 }
 
-// The end of every CTA: its warps' accumulators (rows warp_row0.., columns wn*64.., k-slice wk) are added
-// in shared memory in warp order; with split-K the CTA publishes its FP32 tile and the last CTA of the tile
-// adds all splits in split order (deterministic); then acc * global_scale * 2^7 (+ bias), one rounding.
-// routed_id(row) gives the C row of tile row `row` (-1: not stored).
+// The end of every CTA once its FP32 tile is in shared memory (smem, row stride C_STRIDE): with split-K the
+// CTA publishes the tile and the last CTA of the tile adds all splits in split order (deterministic); then
+// tile * global_scale * 2^7 (+ bias), one rounding. routed_id(row) gives the C row of tile row `row` (-1: not
+// stored).
 template <typename T, class Cfg, bool kMoe, class RoutedId>
-__device__ __forceinline__ void finish_tile(float (&acc)[Cfg::MB][8][4], uint8_t* smem, const MarlinGemmParams& p,
-                                            const float* gs_ptr, int m_tile, int n_tile, int split, int warp_row0,
-                                            int wn, int wk, RoutedId routed_id) {
+__device__ __forceinline__ void store_tile(uint8_t* smem, const MarlinGemmParams& p, const float* gs_ptr, int m_tile,
+                                           int n_tile, int split, RoutedId routed_id) {
   using D = Dtype<T>;
   __shared__ int tile_is_last;
   const int tid = threadIdx.x;
-  const int lane = tid & 31;
   const int m0 = m_tile * Cfg::ROWS;
   const int n0 = n_tile * Cfg::TN;
-  // ---- k-warps -> one FP32 tile in shared memory (fixed order) -----------------------------------------
   float* c_sh = reinterpret_cast<float*>(smem);
-#pragma unroll 1
-  for (int r = 0; r < Cfg::WARPS_K; ++r) {
-    if (wk == r) {
-#pragma unroll
-      for (int mb = 0; mb < Cfg::MB; ++mb)
-#pragma unroll
-        for (int nt = 0; nt < 8; ++nt)
-#pragma unroll
-          for (int h = 0; h < 2; ++h) {
-            const int row = warp_row0 + mb * 16 + (lane >> 2) + 8 * h;
-            const int col = wn * 64 + nt * 8 + 2 * (lane & 3);
-            float2* dst = reinterpret_cast<float2*>(&c_sh[row * Cfg::C_STRIDE + col]);
-            float2 v = make_float2(acc[mb][nt][2 * h], acc[mb][nt][2 * h + 1]);
-            if (r > 0) {
-              const float2 o = *dst;
-              v.x += o.x;
-              v.y += o.y;
-            }
-            *dst = v;
-          }
-    }
-    __syncthreads();
-  }
-
   const int rows = min(Cfg::ROWS, p.m - m0);
   constexpr int TN4 = Cfg::TN / 4;
 
@@ -242,6 +235,37 @@ __device__ __forceinline__ void finish_tile(float (&acc)[Cfg::MB][8][4], uint8_t
       }
     }
   }
+}
+
+
+// The tiled kernels' end: the warps' accumulators (rows warp_row0.., columns wn*64.., k-slice wk) are added in
+// shared memory in warp order, then store_tile.
+template <typename T, class Cfg, bool kMoe, class RoutedId>
+__device__ __forceinline__ void finish_tile(float (&acc)[Cfg::MB][8][4], uint8_t* smem, const MarlinGemmParams& p,
+                                            const float* gs_ptr, int m_tile, int n_tile, int split, int warp_row0,
+                                            int wn, int wk, RoutedId routed_id) {
+  const int lane = threadIdx.x & 31;
+  float* c_sh = reinterpret_cast<float*>(smem);
+  reduce_k_warps<Cfg>(wk, [&](bool accumulate) {
+#pragma unroll
+    for (int mb = 0; mb < Cfg::MB; ++mb)
+#pragma unroll
+      for (int nt = 0; nt < 8; ++nt)
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          const int row = warp_row0 + mb * 16 + (lane >> 2) + 8 * h;
+          const int col = wn * 64 + nt * 8 + 2 * (lane & 3);
+          float2* dst = reinterpret_cast<float2*>(&c_sh[row * Cfg::C_STRIDE + col]);
+          float2 v = make_float2(acc[mb][nt][2 * h], acc[mb][nt][2 * h + 1]);
+          if (accumulate) {
+            const float2 o = *dst;
+            v.x += o.x;
+            v.y += o.y;
+          }
+          *dst = v;
+        }
+  });
+  store_tile<T, Cfg, kMoe>(smem, p, gs_ptr, m_tile, n_tile, split, routed_id);
 }
 
 template <typename T, class Cfg, bool kMoe = false>

@@ -6,10 +6,10 @@
 // at 0.09), i.e. ~170 instructions per warp per 512-byte k16 step: the cp.async plan, the shared-memory
 // round trip, a barrier per stage. Here a warp owns 64 columns and every WARPS_K-th k16 step of the CTA's K
 // range and keeps STEPS k16 steps of loads in flight in registers: per step one 16-byte weight load, one
-// 8-byte scale-code load and two 4-byte activation loads (rows lane/4 < M of the m16 A fragment; rows
-// 8..15 are zero), then the same dequantize + mma.m16n8k16 as the tiled kernel (mma_k16). No shared memory
-// and no barrier until the end, where finish_tile (k-warp reduction, split-K, epilogue) is the tiled
-// kernel's, with 16-row tiles of which rows >= M are never stored.
+// 8-byte scale-code load and two 4-byte activation loads (row lane/4 of x: the B fragment of X^T), then the
+// tiled kernel's dequantization (dequant_k16) with the weights as the MMA's A
+// operand. No shared memory and no barrier until the end, where split-K and the epilogue are the tiled
+// kernel's (store_tile), on 8-row tiles of which rows >= M are never stored.
 #pragma once
 
 #include "gemm_kernel.cuh"
@@ -28,7 +28,7 @@ struct GemvConfig {
   static constexpr int ROWS = 8;  // rows of A per m-tile (blockIdx.y): the m16 fragment's rows 0..7
   static constexpr int TN = 64 * WARPS_N;
   static constexpr int C_STRIDE = TN + 8;
-  static constexpr int SMEM_BYTES = 16 * C_STRIDE * 4;  // finish_tile's FP32 tile: the warps write all 16 rows
+  static constexpr int SMEM_BYTES = ROWS * C_STRIDE * 4;  // the CTA's FP32 tile (store_tile)
 };
 
 // Read-only loads: the weight stream is used once (no L1 allocation); activations are re-read by every
@@ -68,8 +68,8 @@ __global__ void __launch_bounds__(Cfg::THREADS, Cfg::MIN_BLOCKS) marlin_gemv_ker
   const int k16 = kb + wk;
   const int4* b_ptr = p.b + static_cast<int64_t>(k16) * (p.n_pad / 2) + tile64 * 32 + lane;
   const uint8_t* s_ptr = p.s + static_cast<int64_t>(k16) * p.n_pad + tile64 * 64 + (lane >> 2) * 8;
-  // A fragment rows lane/4 (a[0], a[2]: this tile's 8 rows) and lane/4 + 8 (a[1], a[3]: zero). Rows past M
-  // read row M-1 instead (always in bounds, finite): an MMA row depends only on its own A row, and output rows
+  // x row lane/4 of this tile (the B fragment of X^T: k 2t, 2t+1 and 2t+8, 2t+9 with t = lane % 4). Rows past M
+  // read row M-1 instead (always in bounds, finite): an output row depends only on its own x row, and rows
   // past M are never stored, so the loads need no predicate.
   const int row = min(m_tile * Cfg::ROWS + (lane >> 2), p.m - 1);
   const uint32_t* a_ptr = reinterpret_cast<const uint32_t*>(static_cast<const T*>(p.a) +
@@ -98,11 +98,14 @@ __global__ void __launch_bounds__(Cfg::THREADS, Cfg::MIN_BLOCKS) marlin_gemv_ker
     a_ptr += advance ? a_step : 0;
   };
 
-  float acc[1][8][4];
+  // The weights are the A operand (C^T = W X^T): one mma.m16n8k16 covers 16 output columns x 8 rows of x,
+  // half the MMAs of the tiled kernel's orientation, whose 16 A rows would be 8 rows of x and 8 of zeros.
+  // acc[w] holds out[m][n] for n = 16w + lane/4 (+ 8 for [2], [3]) and m = 2 (lane % 4) (+ 1 for [1], [3]).
+  float acc[4][4];
 #pragma unroll
-  for (int nt = 0; nt < 8; ++nt)
+  for (int w = 0; w < 4; ++w)
 #pragma unroll
-    for (int i = 0; i < 4; ++i) acc[0][nt][i] = 0.0f;
+    for (int i = 0; i < 4; ++i) acc[w][i] = 0.0f;
 
   if (steps > 0) {
 #pragma unroll
@@ -110,18 +113,35 @@ __global__ void __launch_bounds__(Cfg::THREADS, Cfg::MIN_BLOCKS) marlin_gemv_ker
     for (int base = 0; base < steps; base += Cfg::STEPS) {
 #pragma unroll
       for (int u = 0; u < Cfg::STEPS; ++u) {
-        const uint32_t a[1][4] = {{a_lo[u], 0u, a_hi[u], 0u}};
+        const uint32_t x_frag[2] = {a_lo[u], a_hi[u]};  // B fragment of X^T: k 2t.. and 2t+8.. of row lane/4
         const uint4 q = bq[u];
         const uint2 s = sc[u];
-        if (base + u < steps) mma_k16<T, 1>(acc, a, q, s);
+        if (base + u < steps) {
+          dequant_k16<T>(q, s, [&](int w, const uint32_t (&b_lo)[2], const uint32_t (&b_hi)[2]) {
+            const uint32_t w_frag[4] = {b_lo[0], b_hi[0], b_lo[1], b_hi[1]};  // rows: columns 16w.. and 16w+8..
+            Dtype<T>::mma(acc[w], w_frag, x_frag);
+          });
+        }
         load(u);
       }
     }
   }
 
+  // k-warps -> the CTA's [8 rows, TN columns] FP32 tile in shared memory (warp order), then store_tile.
+  float* c_sh = reinterpret_cast<float*>(smem);
+  reduce_k_warps<Cfg>(wk, [&](bool accumulate) {
+#pragma unroll
+    for (int w = 0; w < 4; ++w)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const int m = 2 * (lane & 3) + (i & 1);
+        const int n = wn * 64 + 16 * w + (lane >> 2) + 8 * (i >> 1);
+        float* dst = &c_sh[m * Cfg::C_STRIDE + n];
+        *dst = accumulate ? *dst + acc[w][i] : acc[w][i];
+      }
+  });
   auto routed_id = [&](int r) -> int64_t { return r < p.m ? r : -1; };
-  finish_tile<T, Cfg, false>(acc, smem, p, p.global_scale, m_tile, n_tile, split, /*warp_row0=*/0, wn, wk,
-                             routed_id);
+  store_tile<T, Cfg, false>(smem, p, p.global_scale, m_tile, n_tile, split, routed_id);
 }
 
 }  // namespace nvfp4

@@ -71,6 +71,25 @@ def _bits_to(dtype, bits):
     return torch.tensor(bits, dtype=torch.int32).to(torch.int16).view(dtype).float()
 
 
+def _nibble_pair_bf16(x):
+    """csrc/marlin/dequant.cuh nibble_pair<bf16>: the top nibble of each 16-bit half as a bf16 pair."""
+    return (x & 0x80008000) | ((x & 0x70007000) >> 6)
+
+
+def test_bf16_multiply_extraction_of_nibbles_0_and_1_is_bit_identical():
+    """dequant_int32<bf16> takes nibbles 0 and 1 of each half with one multiply: (q & mask) * (2^a + 2^b)
+    adds two copies of the masked bits that share no set bit (no carries), then masks magnitude (bits 6..8)
+    and sign (15). It must give nibble_pair(q << 12) and nibble_pair(q << 8) bit for bit, for every value of
+    the 16 bits involved (both halves, with every other bit set to junk)."""
+    u32 = 0xFFFFFFFF
+    for lo in range(256):  # nibble 0 and 1 of the low half; the high half gets another pattern
+        for hi in (0x00, 0x5A, 0xA5, 0xFF, lo, 255 - lo):
+            for junk in (0x0000, 0xFF00):  # nibbles 2 and 3 of each half
+                q = (lo | junk | ((hi | junk) << 16)) & u32
+                assert (((q & 0x000F000F) * 0x1040) & u32) & 0x81C081C0 == _nibble_pair_bf16((q << 12) & u32)
+                assert (((q & 0x00F000F0) * 0x0104) & u32) & 0x81C081C0 == _nibble_pair_bf16((q << 8) & u32)
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_kernel_decode_of_codes_and_nibbles_is_exact(dtype):
     """Emulates the kernel's register math: nibble -> e2m1 * 2^-126 (bf16) / * 2^-14 (fp16) by mask and
