@@ -1,23 +1,26 @@
-"""How fast is nvfp4::marlin_moe against a BF16 MoE and against the memory floor of the experts it touches?
+"""How fast is nvfp4::marlin_moe, per tactic, against a BF16 MoE and against the memory floor of the experts it touches?
 
-    python benchmarks/bench_moe.py [--quick] [--csv out.csv]
+    python benchmarks/bench_moe.py [--quick] [--models mixtral-8x7b,...] [--csv out.csv]
 
 Layers: Mixtral-8x7B (E=8, top-2, H=4096, I=14336) and Qwen3-30B-A3B (E=128, top-8, H=2048, I=768), SwiGLU,
 M in {1, 16, 64, 256, 1024, 4096} tokens, random softmax routing (distinct experts per token). Per call:
-  ours   nvfp4::marlin_moe on random FP4 codes and scale codes in the kernel layout (timing does not depend on
-         which codes; random words are random FP4 values)
-  bf16   the same MoE with BF16 weights: argsort by expert, gather, torch._grouped_mm (gate/up), silu*up,
-         torch._grouped_mm (down), weighted index_add in FP32 (per-expert matmuls if torch has no _grouped_mm)
-  floor  (FP4 weights + scale codes of the experts this routing touches + x in + out) / measured
-         device-to-device copy bandwidth (bytes read + written)
+  marlin.<tile>  the W4A16 MoE kernels with the grouped GEMM's tile forced (ops/moe_tactics.py)
+  dequant        both expert stacks dequantized to BF16 + torch._grouped_mm
+  auto           nvfp4::marlin_moe(gemm="auto"): the tactic the selector picks (profiled first, fresh cache)
+  bf16           the same MoE with BF16 weights: argsort by expert, gather, torch._grouped_mm (gate/up), silu*up,
+                 torch._grouped_mm (down), weighted index_add in FP32 (per-expert matmuls if torch has no _grouped_mm)
+  floor          (FP4 weights + scale codes of the experts this routing touches + x in + out) / measured
+                 device-to-device copy bandwidth (bytes read + written)
 Timing as bench_gemm.py: CUDA graphs over several input sets (different routings, so different experts),
-median over replays. Prints device and torch first.
+median over replays; the random FP4 codes and scale codes are in the kernel layout (timing does not depend on
+which codes). Prints device and torch first.
 """
 from __future__ import annotations
 
 import argparse
 import os
 import sys
+import tempfile
 
 import torch
 import torch.nn.functional as F
@@ -27,7 +30,8 @@ sys.path[:0] = [HERE, os.path.dirname(HERE)]  # bench_gemm; the package from thi
 from bench_gemm import copy_bandwidth, time_calls  # noqa: E402  (same timing method as the GEMM benchmark)
 
 import nvfp4_compile  # noqa: E402,F401  registers torch.ops.nvfp4.*
-from nvfp4_compile.ops import _C  # noqa: E402
+from nvfp4_compile.ops import _C, moe_tactics  # noqa: E402
+from nvfp4_compile.ops.tactics import TacticCache, TacticSelector  # noqa: E402
 
 DEV = "cuda"
 MODELS = {  # name: (E, top-k, H, I)
@@ -118,38 +122,49 @@ def grouped_mm_works(w13t, w2t, inter) -> bool:
         return False
 
 
-def bench_model(name, e, k, h, inter, m_values, bandwidth, gen):
+def bench_model(name, e, k, h, inter, m_values, bandwidth, gen, tactics):
     q13, s13, gs13 = random_marlin_stack(e, 2 * inter, h, gen)
     q2, s2, gs2 = random_marlin_stack(e, h, inter, gen)
+    stacks = (q13, s13, gs13, q2, s2, gs2)
     w13t = torch.randn(e, 2 * inter, h, device=DEV, generator=gen).to(torch.bfloat16).transpose(1, 2)
     w2t = torch.randn(e, h, inter, device=DEV, generator=gen).to(torch.bfloat16).transpose(1, 2)
     w13t.mul_(h**-0.5)
     w2t.mul_(inter**-0.5)
     grouped = grouped_mm_works(w13t, w2t, inter)
     expert_bytes = (q13[0].numel() * 4 + s13[0].numel()) + (q2[0].numel() * 4 + s2[0].numel())
+    ts = moe_tactics.tactic_set()
     rows = []
     for m in m_values:
         sets = [(torch.randn(m, h, device=DEV, generator=gen).to(torch.bfloat16), *random_routing(m, e, k, gen))
                 for _ in range(SETS)]
         touched = sum(int(ids.unique().numel()) for _, ids, _ in sets) / SETS
-        ours_calls = [
-            (lambda x=x, ids=ids, w=w: torch.ops.nvfp4.marlin_moe(x, ids, w, q13, s13, gs13, q2, s2, gs2, "silu", inter))
-            for x, ids, w in sets
-        ]
         min_calls = 32 if m <= 64 else 8 if m <= 1024 else 4
         reps = 30 if m <= 1024 else 10
-        ours, _ = time_graph_or_eager(ours_calls, reps, min_calls, "ours")
+        times = {}
+        for tactic in tactics:
+            run = ts.get(tactic).run
+            calls = [(lambda x=x, ids=ids, w=w, run=run: run(x, ids, w, *stacks, "silu", inter)) for x, ids, w in sets]
+            times[tactic], _ = time_graph_or_eager(calls, reps, min_calls, tactic)
+        ops_moe = torch.ops.nvfp4.marlin_moe
+        ops_moe(*sets[0], *stacks, "silu", inter, "auto")  # profiles this M bucket outside the capture
+        choice = moe_tactics.selector().choice(moe_tactics.problem_key(sets[0][0], sets[0][1], q13, "silu", inter))
+        calls = [(lambda x=x, ids=ids, w=w: ops_moe(x, ids, w, *stacks, "silu", inter, "auto")) for x, ids, w in sets]
+        times["auto"], _ = time_graph_or_eager(calls, reps, min_calls, "auto")
         if grouped:
             bf16_calls = [(lambda x=x, ids=ids, w=w: bf16_moe(x, ids, w, w13t, w2t, inter)) for x, ids, w in sets]
             bf16, _ = time_graph_or_eager(bf16_calls, reps, min_calls, "bf16")
         else:
             bf16 = time_eager(lambda: bf16_moe_loop(*sets[0], w13t, w2t, inter))
         floor = (touched * expert_bytes + 4 * m * h) / bandwidth * 1e3
-        rows.append((name, m, touched, ours, bf16, floor, "grouped_mm" if grouped else "loop"))
-        print(f"{name:>14} {m:>5} {touched:>7.1f} | {ours * 1e3:>9.1f} {bf16 * 1e3:>9.1f} {floor * 1e3:>9.1f} | "
-              f"{floor / ours * 100:>6.1f}% {bf16 / ours:>9.2f}x", flush=True)
-        del sets, ours_calls
-    del q13, s13, q2, s2, w13t, w2t
+        best = min(times[t] for t in tactics)
+        picked = choice.best if choice else "?"
+        rows.append((name, m, touched, times, bf16, floor, picked, "grouped_mm" if grouped else "loop"))
+        cells = " ".join(f"{times[t] * 1e3:>12.1f}" for t in (*tactics, "auto"))
+        print(f"{name:>14} {m:>5} {touched:>7.1f} | {cells} {bf16 * 1e3:>9.1f} {floor * 1e3:>9.1f} | "
+              f"{floor / times['auto'] * 100:>6.1f}% {bf16 / times['auto']:>9.2f}x {times['auto'] / best:>8.3f} {picked}",
+              flush=True)
+        del sets, calls
+    del q13, s13, q2, s2, stacks, w13t, w2t
     torch.cuda.empty_cache()
     return rows
 
@@ -163,25 +178,33 @@ def main() -> None:
     props = torch.cuda.get_device_properties(0)
     print(f"device: {props.name} ({props.multi_processor_count} SMs), torch {torch.__version__}, "
           f"CUDA {torch.version.cuda}, nvfp4_compile._C loaded: {_C.LOADED}, MoE kernel: {_C.has_kernel('marlin_moe')}")
-    if not _C.has_kernel("marlin_moe"):
-        print(f"WARNING: timing the torch reference fallback ({_C.LOAD_ERROR})")
+    if not moe_tactics.available():
+        raise SystemExit(f"the MoE tactics need the CUDA extension ({_C.LOAD_ERROR or 'not built'})")
     bandwidth = copy_bandwidth()
     print(f"device-to-device copy bandwidth: {bandwidth / 1e12:.2f} TB/s (read + write)")
     gen = torch.Generator(device=DEV).manual_seed(0)
     m_values = [1, 64, 4096] if args.quick else M_VALUES
-    header = (f"{'model':>14} {'M':>5} {'experts':>7} | {'ours us':>9} {'bf16 us':>9} {'floor us':>9} | "
-              f"{'floor/ours':>7} {'bf16/ours':>10}")
+    tactics = moe_tactics.tactic_set().names
+    cache_dir = tempfile.mkdtemp(prefix="nvfp4_moe_tactics_")
+    moe_tactics.set_selector(TacticSelector(moe_tactics.tactic_set(), moe_tactics.library_version(),
+                                            TacticCache(cache_dir)))
+    print(f"tactics: {', '.join(tactics)}; auto profiles into a fresh cache ({cache_dir}); times in us per call")
+    cols = " ".join(f"{t:>12}" for t in (*tactics, "auto"))
+    header = (f"{'model':>14} {'M':>5} {'experts':>7} | {cols} {'bf16':>9} {'floor':>9} | "
+              f"{'floor/auto':>7} {'bf16/auto':>10} {'auto/best':>8} auto choice")
     print(header)
     print("-" * len(header))
     all_rows = []
     for name in args.models.split(","):
         e, k, h, inter = MODELS[name]
-        all_rows += bench_model(name, e, k, h, inter, m_values, bandwidth, gen)
+        all_rows += bench_model(name, e, k, h, inter, m_values, bandwidth, gen, tactics)
     if args.csv:
         with open(args.csv, "w") as f:
-            f.write("model,m,touched_experts,ours_us,bf16_us,floor_us,bf16_impl\n")
-            for name, m, touched, ours, bf16, floor, impl in all_rows:
-                f.write(f"{name},{m},{touched:.2f},{ours * 1e3:.3f},{bf16 * 1e3:.3f},{floor * 1e3:.3f},{impl}\n")
+            f.write("model,m,touched_experts," + ",".join(f"{t}_us" for t in (*tactics, "auto"))
+                    + ",bf16_us,floor_us,auto_choice,bf16_impl\n")
+            for name, m, touched, times, bf16, floor, picked, impl in all_rows:
+                cells = ",".join(f"{times[t] * 1e3:.3f}" for t in (*tactics, "auto"))
+                f.write(f"{name},{m},{touched:.2f},{cells},{bf16 * 1e3:.3f},{floor * 1e3:.3f},{picked},{impl}\n")
 
 
 if __name__ == "__main__":

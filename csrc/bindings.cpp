@@ -10,7 +10,8 @@
 TORCH_LIBRARY(nvfp4_C, m) {
   m.def(
       "marlin_moe(Tensor x, Tensor topk_ids, Tensor topk_weights, Tensor w13_q, Tensor w13_s, Tensor w13_gs, "
-      "Tensor w2_q, Tensor w2_s, Tensor w2_gs, int activation, int inter_size) -> Tensor");
+      "Tensor w2_q, Tensor w2_s, Tensor w2_gs, int activation, int inter_size, int tile=-1) -> Tensor");
+  m.def("marlin_moe_tiles() -> str[]", &nvfp4::marlin_moe_tile_names);
   m.def("moe_align(Tensor topk_ids, int num_experts, int rows) -> (Tensor, Tensor, Tensor)");
   m.def("marlin_repack(Tensor w_fp4, Tensor w_sf) -> (Tensor, Tensor)");
   m.def(

@@ -5,6 +5,7 @@
 #   decode       every GEMM tactic on the Llama-3-8B decode GEMMs (q/k/v and gate/up merged), M = 1, 8, 16, 32
 #   e2e          32-layer end-to-end benchmark: decode b = 1, prefill 2048, memory, closeness (~6.5 min)
 #   e2e-batches  the same model, decode b = 8 and 32 with release_source_weights (~4 min)
+#   moe          every MoE tactic, auto and BF16 grouped_mm on the Mixtral and Qwen3-MoE layers (~2 min)
 # A device call runs at most 10 minutes: e2e and e2e-batches go in separate calls.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -26,6 +27,11 @@ if [[ " $steps " == *" decode "* ]]; then
   timeout 200 python3 benchmarks/bench_tactics.py --shapes 6144x4096,4096x4096,28672x4096,4096x14336 --ms 1,8,16,32 \
     --csv "$OUT/decode_tactics.csv" > "$OUT/decode_tactics.log" 2>&1
   echo "decode tactics rc=$? $(( $(date +%s) - t )) s"; grep -vE "^wrote" "$OUT/decode_tactics.log" | tail -22
+fi
+if [[ " $steps " == *" moe "* ]]; then
+  t=$(date +%s)
+  timeout 300 python3 benchmarks/bench_moe.py --csv "$OUT/moe.csv" > "$OUT/moe.log" 2>&1
+  echo "moe rc=$? $(( $(date +%s) - t )) s"; tail -16 "$OUT/moe.log"
 fi
 if [[ " $steps " == *" e2e "* ]]; then
   t=$(date +%s)

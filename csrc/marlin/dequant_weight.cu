@@ -1,6 +1,8 @@
 // nvfp4_C::marlin_dequantize: Marlin layout (nvfp4_compile/formats/marlin.py) -> dense weight [N, K] in
 // bf16/fp16 = e2m1 * s_b * global_scale computed in FP32 and rounded once, the same values as
-// formats.marlin.marlin_dequantize. It feeds the "dequant" GEMM tactic (this weight + cuBLAS, docs/tactics.md).
+// formats.marlin.marlin_dequantize. It feeds the "dequant" GEMM tactic (this weight + cuBLAS, docs/tactics.md)
+// and, for an expert stack [E, ...] with one global scale per expert (blockIdx.z = expert), the MoE "dequant"
+// tactic (the stack + torch._grouped_mm, docs/moe.md).
 //
 // One CTA (8 warps) covers one 64-row strip of W (one weight tile column nt) x 8 k16 rows (128 k): warp w
 // dequantizes tile (kt0 + w, nt) from one 16-byte weight load and one 8-byte scale-code load per lane into
@@ -65,6 +67,12 @@ __global__ void __launch_bounds__(kThreads) marlin_dequantize_kernel(const int4*
                                                                      T* __restrict__ w, int n, int k, int n_pad,
                                                                      int k16_rows, int gs_per_row) {
   __shared__ __align__(16) T tile[64 * kRowStride];
+  // Expert blockIdx.z of a stack: its weights, scale codes, output and global scale follow one another.
+  const int64_t expert = blockIdx.z;
+  q += expert * k16_rows * (n_pad / 2);
+  s += expert * k16_rows * n_pad;
+  w += expert * n * k;
+  global_scale += expert;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int nt = blockIdx.x;
   const int kt = blockIdx.y * kWarps + warp;
@@ -127,16 +135,24 @@ at::Tensor marlin_dequantize(const at::Tensor& qweight, const at::Tensor& scales
   TORCH_CHECK(size_n < (int64_t{1} << 30) && size_k < (int64_t{1} << 30),
               "nvfp4_C::marlin_dequantize: sizes above 2^30 are not supported");
   const int64_t n_pad = ceil_to(size_n, 64), k_pad = ceil_to(size_k, 64);
-  TORCH_CHECK(qweight.is_cuda() && qweight.scalar_type() == at::kInt && qweight.dim() == 2 &&
-                  qweight.size(0) == k_pad / 16 && qweight.size(1) == 2 * n_pad && qweight.is_contiguous() &&
-                  aligned16(qweight),
-              "nvfp4_C::marlin_dequantize: qweight must be contiguous CUDA int32 [K_pad/16, 2*N_pad], 16-byte aligned");
-  TORCH_CHECK(scales.scalar_type() == at::kByte && scales.dim() == 2 && scales.size(0) == k_pad / 16 &&
-                  scales.size(1) == n_pad && scales.is_contiguous() && reinterpret_cast<uintptr_t>(scales.data_ptr()) % 8 == 0,
-              "nvfp4_C::marlin_dequantize: scales must be contiguous uint8 [K_pad/16, N_pad], 8-byte aligned");
+  // A stack [E, ...] (experts) has one global scale per expert; a single weight one, or one per row.
+  const bool stack = qweight.dim() == 3;
+  const int64_t experts = stack ? qweight.size(0) : 1;
+  TORCH_CHECK(qweight.is_cuda() && qweight.scalar_type() == at::kInt && (qweight.dim() == 2 || stack) &&
+                  experts >= 1 && experts <= 65535 && qweight.size(-2) == k_pad / 16 &&
+                  qweight.size(-1) == 2 * n_pad && qweight.is_contiguous() && aligned16(qweight),
+              "nvfp4_C::marlin_dequantize: qweight must be contiguous CUDA int32 [K_pad/16, 2*N_pad] or "
+              "[E, K_pad/16, 2*N_pad] (1 <= E <= 65535), 16-byte aligned");
+  TORCH_CHECK(scales.scalar_type() == at::kByte && scales.dim() == qweight.dim() &&
+                  (!stack || scales.size(0) == experts) && scales.size(-2) == k_pad / 16 && scales.size(-1) == n_pad &&
+                  scales.is_contiguous() && reinterpret_cast<uintptr_t>(scales.data_ptr()) % 8 == 0,
+              "nvfp4_C::marlin_dequantize: scales must be contiguous uint8 [(E,) K_pad/16, N_pad] like qweight, "
+              "8-byte aligned");
   TORCH_CHECK(global_scale.scalar_type() == at::kFloat && global_scale.is_contiguous() &&
-                  (global_scale.numel() == 1 || global_scale.numel() == size_n),
-              "nvfp4_C::marlin_dequantize: global_scale must be float32 with one value or size_n (one per row)");
+                  (stack ? global_scale.numel() == experts
+                         : (global_scale.numel() == 1 || global_scale.numel() == size_n)),
+              "nvfp4_C::marlin_dequantize: global_scale must be float32 with one value or size_n (one per row), "
+              "or one per expert for a stack");
   const auto device = qweight.device();
   TORCH_CHECK(scales.device() == device && global_scale.device() == device,
               "nvfp4_C::marlin_dequantize: all tensors must be on qweight's device");
@@ -145,12 +161,13 @@ at::Tensor marlin_dequantize(const at::Tensor& qweight, const at::Tensor& scales
   TORCH_CHECK(grid_y <= 65535, "nvfp4_C::marlin_dequantize: size_k too large for one launch");
 
   const c10::cuda::CUDAGuard guard(device);
-  at::Tensor w = at::empty({size_n, size_k}, qweight.options().dtype(dtype));
-  const dim3 grid(static_cast<unsigned>(n_pad / 64), static_cast<unsigned>(grid_y));
+  at::Tensor w = stack ? at::empty({experts, size_n, size_k}, qweight.options().dtype(dtype))
+                       : at::empty({size_n, size_k}, qweight.options().dtype(dtype));
+  const dim3 grid(static_cast<unsigned>(n_pad / 64), static_cast<unsigned>(grid_y), static_cast<unsigned>(experts));
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(device.index());
   const auto* q = reinterpret_cast<const int4*>(qweight.data_ptr<int32_t>());
   const float* gs = global_scale.data_ptr<float>();
-  const int per_row = global_scale.numel() > 1;
+  const int per_row = !stack && global_scale.numel() > 1;
   const int n = static_cast<int>(size_n), k = static_cast<int>(size_k);
   if (dtype == at::kBFloat16) {
     marlin_dequantize_kernel<__nv_bfloat16><<<grid, kThreads, 0, stream>>>(

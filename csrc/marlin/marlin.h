@@ -25,7 +25,8 @@ inline std::vector<std::string> marlin_gemm_config_names() { return {"m16", "m32
 
 // qweight/scales in the Marlin layout, global_scale fp32 [1] or [size_n] (per row) -> dense weight [size_n, size_k] in dtype
 // (bf16/fp16): e2m1 * s_b * global_scale in FP32, rounded once, as formats.marlin.marlin_dequantize
-// (dequant_weight.cu; the weight of the dequantize + cuBLAS GEMM tactic).
+// (dequant_weight.cu; the weight of the dequantize + cuBLAS GEMM tactic). An expert stack [E, ...] with
+// global_scale [E] gives [E, size_n, size_k] (the MoE dequantize + grouped GEMM tactic).
 at::Tensor marlin_dequantize(const at::Tensor& qweight, const at::Tensor& scales, const at::Tensor& global_scale,
                              int64_t size_n, int64_t size_k, at::ScalarType dtype);
 

@@ -61,6 +61,8 @@ void launch_moe_gemm(MoeTile tile, const MoeGemmArgs& args, const MoeRouting& ro
   switch (tile) {
     case MoeTile::kM16:
       return launch_moe_gemm_config<T, ConfigM16>(args, routing, device);
+    case MoeTile::kM32:
+      return launch_moe_gemm_config<T, ConfigM32>(args, routing, device);
     case MoeTile::kM64:
       return launch_moe_gemm_config<T, ConfigM64>(args, routing, device);
     case MoeTile::kLarge:

@@ -46,11 +46,14 @@ int expected_tiles(int64_t num_ids, int64_t num_experts, int rows, int64_t max_t
 at::Tensor marlin_moe(const at::Tensor& x, const at::Tensor& topk_ids, const at::Tensor& topk_weights,
                       const at::Tensor& w13_q, const at::Tensor& w13_s, const at::Tensor& w13_gs,
                       const at::Tensor& w2_q, const at::Tensor& w2_s, const at::Tensor& w2_gs, int64_t activation,
-                      int64_t inter_size) {
+                      int64_t inter_size, int64_t tile_index) {
   TORCH_CHECK(x.is_cuda() && x.dim() == 2, kOp, "x must be a 2-D CUDA tensor [M, H]");
   TORCH_CHECK(x.scalar_type() == at::kBFloat16 || x.scalar_type() == at::kHalf, kOp, "x must be bfloat16 or float16");
   TORCH_CHECK(x.is_contiguous() && aligned16(x), kOp, "x must be contiguous and 16-byte aligned");
   TORCH_CHECK(activation == 0 || activation == 1, kOp, "activation must be 0 (silu) or 1 (relu2)");
+  const int64_t num_tiles = static_cast<int64_t>(marlin_moe_tile_names().size());
+  TORCH_CHECK(tile_index >= -1 && tile_index < num_tiles, kOp, "tile must be -1 (by routed rows) or in [0, ",
+              num_tiles, ")");
   const auto device = x.device();
   const int64_t m = x.size(0), hidden = x.size(1);
   TORCH_CHECK(hidden % 16 == 0 && inter_size > 0 && inter_size % 16 == 0, kOp,
@@ -80,7 +83,7 @@ at::Tensor marlin_moe(const at::Tensor& x, const at::Tensor& topk_ids, const at:
   if (m == 0) return out;
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(device.index());
 
-  const MoeTile tile = choose_moe_tile(num_ids, e);
+  const MoeTile tile = tile_index < 0 ? choose_moe_tile(num_ids, e) : static_cast<MoeTile>(tile_index);
   const int rows = moe_tile_rows(tile);
   const int64_t max_tiles = moe_max_tiles(num_ids, e, rows);
   at::Tensor routing_buf = at::empty({max_tiles * rows + max_tiles + 1}, x.options().dtype(at::kInt));

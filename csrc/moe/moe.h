@@ -7,18 +7,22 @@
 #include <cuda_runtime_api.h>
 
 #include <cstdint>
+#include <string>
 #include <tuple>
+#include <vector>
 
 namespace nvfp4 {
 
 // x [M, H] bf16/fp16; topk_ids [M, k] int32/int64; topk_weights [M, k] fp32 or x.dtype;
 // w13_q int32 [E, H_pad/16, 2*N13_pad], w13_s uint8 [E, H_pad/16, N13_pad], w13_gs fp32 [E] (N13 = 2I gated,
 // I otherwise); w2_q int32 [E, I_pad/16, 2*H_pad], w2_s uint8 [E, I_pad/16, H_pad], w2_gs fp32 [E];
-// activation 0 = silu (gated, gate rows first), 1 = relu2 -> [M, H] x.dtype.
+// activation 0 = silu (gated, gate rows first), 1 = relu2 -> [M, H] x.dtype. tile: index into
+// marlin_moe_tile_names() to force the grouped GEMM's tile (the tactic registry, ops/moe_tactics.py), -1 picks
+// by routed rows per expert.
 at::Tensor marlin_moe(const at::Tensor& x, const at::Tensor& topk_ids, const at::Tensor& topk_weights,
                       const at::Tensor& w13_q, const at::Tensor& w13_s, const at::Tensor& w13_gs,
                       const at::Tensor& w2_q, const at::Tensor& w2_s, const at::Tensor& w2_gs, int64_t activation,
-                      int64_t inter_size);
+                      int64_t inter_size, int64_t tile);
 
 // ---- pieces (one translation unit each) ----------------------------------------------------------------
 
@@ -27,7 +31,8 @@ constexpr int kMoeMaxTopk = 64;
 
 // Row-tile shapes of the grouped GEMM (gemm_launch.cuh configs). The alignment block equals the tile's rows,
 // so every m-tile belongs to one expert.
-enum class MoeTile : int { kM16 = 0, kM64 = 1, kLarge = 2 };
+enum class MoeTile : int { kM16 = 0, kM32 = 1, kM64 = 2, kLarge = 3 };
+inline std::vector<std::string> marlin_moe_tile_names() { return {"m16", "m32", "m64", "large"}; }
 MoeTile choose_moe_tile(int64_t num_ids, int64_t num_experts);
 int moe_tile_rows(MoeTile tile);
 

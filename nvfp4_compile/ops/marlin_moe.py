@@ -1,6 +1,7 @@
 """nvfp4::marlin_moe: W4A16 mixture of experts on Marlin-repacked expert stacks (docs/design.md, "Target ops").
 
-    marlin_moe(x, topk_ids, topk_weights, w13_q, w13_s, w13_gs, w2_q, w2_s, w2_gs, activation, inter_size)
+    marlin_moe(x, topk_ids, topk_weights, w13_q, w13_s, w13_gs, w2_q, w2_s, w2_gs, activation, inter_size,
+               gemm="auto")
 
     x             bf16/fp16 [M, H]
     topk_ids      int32/int64 [M, k]; topk_weights fp32 or x.dtype [M, k]
@@ -8,12 +9,14 @@
     w13_gs        fp32 [E] decode
     w2_q, w2_s    marlin_repack of w2 [E, H, I/2];  w2_gs fp32 [E] decode
     inter_size    I (logical; the repacked stacks are padded)
+    gemm          "auto" | "marlin" | "dequant": the CUDA tactic (ops/moe_tactics.py; unused on the CPU)
     -> [M, H] x.dtype
 
 Numerics are fused_moe's W4A16 path exactly (FP32 GEMMs, activation rounded to x.dtype, FP32 top-k sum,
 one final rounding): the reference kernel un-repacks the stacks (formats.marlin, which dequantize to the
-same values as the originals) and runs fused_moe's reference on them. CUDA runs csrc/moe (docs/moe.md) when
-the extension is built, else the same reference. The kernel rounds the first GEMM's output and the second
+same values as the originals) and runs fused_moe's reference on them. CUDA runs the tactic `gemm` names or
+"auto" selects (ops/moe_tactics.py: the csrc/moe kernels with one of their tiles, or dequantize + grouped GEMM;
+docs/moe.md) when the extension is built, else the same reference. The kernel rounds the first GEMM's output and the second
 GEMM's per-slot output to x.dtype (the reference keeps them in FP32): close, not bit-identical. It never
 syncs with the host, so it cannot raise on expert ids outside [0, E): those slots add nothing.
 """
@@ -22,18 +25,21 @@ from __future__ import annotations
 import torch
 
 from ..formats.marlin import check_layout, marlin_unrepack_reference
-from . import _C
+from . import moe_tactics
 from .moe import ACTIVATIONS, GATED, _fused_moe
 from .source import check_dtype, check_shape
 
 OP = "marlin_moe"
-_KERNEL_ACTIVATION = {"silu": 0, "relu2": 1}  # the activation argument of torch.ops.nvfp4_C.marlin_moe
+GEMM_CHOICES = ("auto", "marlin", "dequant")
 
 
-def _check_marlin_moe(x, topk_ids, topk_weights, w13_q, w13_s, w13_gs, w2_q, w2_s, w2_gs, activation, inter_size):
+def _check_marlin_moe(x, topk_ids, topk_weights, w13_q, w13_s, w13_gs, w2_q, w2_s, w2_gs, activation, inter_size,
+                      gemm="auto"):
     """Shape/dtype validation shared by the fake and reference kernels; returns (E, H, rows of w13)."""
     if activation not in ACTIVATIONS:
         raise ValueError(f"nvfp4::{OP}: activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
+    if gemm not in GEMM_CHOICES:
+        raise ValueError(f"nvfp4::{OP}: gemm must be one of {GEMM_CHOICES}, got {gemm!r}")
     check_dtype(OP, "x", x, (torch.bfloat16, torch.float16))
     if x.dim() != 2:
         raise ValueError(f"nvfp4::{OP}: x must be 2-D [M, H], got shape {tuple(x.shape)}")
@@ -63,43 +69,41 @@ def _check_marlin_moe(x, topk_ids, topk_weights, w13_q, w13_s, w13_gs, w2_q, w2_
     return e, h, rows13
 
 
-def _marlin_moe(x, topk_ids, topk_weights, w13_q, w13_s, w13_gs, w2_q, w2_s, w2_gs, activation, inter_size):
+def _marlin_moe(x, topk_ids, topk_weights, w13_q, w13_s, w13_gs, w2_q, w2_s, w2_gs, activation, inter_size,
+                gemm="auto"):
     _, h, rows13 = _check_marlin_moe(
-        x, topk_ids, topk_weights, w13_q, w13_s, w13_gs, w2_q, w2_s, w2_gs, activation, inter_size
-    )
+        x, topk_ids, topk_weights, w13_q, w13_s, w13_gs, w2_q, w2_s, w2_gs, activation, inter_size, gemm
+    )  # one implementation on the CPU: gemm is validated, not used
     w13, w13_sf = marlin_unrepack_reference(w13_q, w13_s, rows13, h)
     w2, w2_sf = marlin_unrepack_reference(w2_q, w2_s, h, inter_size)
     return _fused_moe(x, topk_ids, topk_weights, w13, w13_sf, w13_gs, w2, w2_sf, w2_gs, None, None, activation)
 
 
-def _kernel(*args):
-    return torch.ops.nvfp4_C.marlin_moe(*args)
-
-
-def _marlin_moe_cuda(x, topk_ids, topk_weights, w13_q, w13_s, w13_gs, w2_q, w2_s, w2_gs, activation, inter_size):
-    _check_marlin_moe(x, topk_ids, topk_weights, w13_q, w13_s, w13_gs, w2_q, w2_s, w2_gs, activation, inter_size)
-    if not _C.has_kernel(OP):
-        return _marlin_moe(x, topk_ids, topk_weights, w13_q, w13_s, w13_gs, w2_q, w2_s, w2_gs, activation, inter_size)
+def _marlin_moe_cuda(x, topk_ids, topk_weights, w13_q, w13_s, w13_gs, w2_q, w2_s, w2_gs, activation, inter_size,
+                     gemm="auto"):
+    args = (x, topk_ids, topk_weights, w13_q, w13_s, w13_gs, w2_q, w2_s, w2_gs, activation, inter_size)
+    _check_marlin_moe(*args, gemm)
+    if not moe_tactics.available():
+        return _marlin_moe(*args)
+    if x.shape[0] == 0:
+        return x.new_empty(x.shape)
     x = x.contiguous()
     if x.data_ptr() % 16:
         x = x.clone()  # the kernel reads rows with 16-byte cp.async; a fresh allocation is aligned
-    return _kernel(
-        x, topk_ids.contiguous(), topk_weights.contiguous(),
-        w13_q.contiguous(), w13_s.contiguous(), w13_gs.contiguous(),
-        w2_q.contiguous(), w2_s.contiguous(), w2_gs.contiguous(),
-        _KERNEL_ACTIVATION[activation], inter_size,
-    )
+    args = (x, *(t.contiguous() for t in args[1:9]), activation, inter_size)
+    return moe_tactics.choose(*args, gemm).run(*args)
 
 
-def _marlin_moe_fake(x, topk_ids, topk_weights, w13_q, w13_s, w13_gs, w2_q, w2_s, w2_gs, activation, inter_size):
-    _check_marlin_moe(x, topk_ids, topk_weights, w13_q, w13_s, w13_gs, w2_q, w2_s, w2_gs, activation, inter_size)
+def _marlin_moe_fake(x, topk_ids, topk_weights, w13_q, w13_s, w13_gs, w2_q, w2_s, w2_gs, activation, inter_size,
+                     gemm="auto"):
+    _check_marlin_moe(x, topk_ids, topk_weights, w13_q, w13_s, w13_gs, w2_q, w2_s, w2_gs, activation, inter_size, gemm)
     return x.new_empty(x.shape)
 
 
 torch.library.define(
     f"nvfp4::{OP}",
     "(Tensor x, Tensor topk_ids, Tensor topk_weights, Tensor w13_q, Tensor w13_s, Tensor w13_gs, "
-    "Tensor w2_q, Tensor w2_s, Tensor w2_gs, str activation, int inter_size) -> Tensor",
+    "Tensor w2_q, Tensor w2_s, Tensor w2_gs, str activation, int inter_size, str gemm=\"auto\") -> Tensor",
 )
 # Kernels run eagerly: disabled for Dynamo as source.define_op does (a graph-broken frame must not compile them).
 torch.library.impl(f"nvfp4::{OP}", "cpu", torch.compiler.disable(_marlin_moe))

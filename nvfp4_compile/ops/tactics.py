@@ -1,7 +1,7 @@
 """Tactic selection for ops that have several interchangeable implementations (docs/tactics.md).
 
 A *tactic* computes the op; a `TacticSet` is the op's tactics plus a fallback. `TacticSelector.select`
-returns the fastest tactic for a `ProblemKey` (device, N, K, M bucket, dtype): from its cache, else by
+returns the fastest tactic for a `ProblemKey` (device, N, K, M bucket, dtype, detail): from its cache, else by
 timing every tactic once (`measure(tactic) -> ms`, injected so the logic runs on the CPU in tests). A
 tactic whose measurement raises is recorded as failed and never chosen. While a CUDA graph is being
 captured nothing is measured: a cached choice or the set's fallback is used.
@@ -85,9 +85,11 @@ class ProblemKey:
     k: int
     m_bucket: int
     dtype: str
+    detail: str = ""  # what else selects the problem (MoE: experts, top-k, activation)
 
     def entry_name(self) -> str:
-        return f"n={self.n},k={self.k},m={self.m_bucket},{self.dtype}"
+        name = f"n={self.n},k={self.k},m={self.m_bucket},{self.dtype}"
+        return f"{name},{self.detail}" if self.detail else name
 
 
 @dataclass

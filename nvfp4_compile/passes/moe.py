@@ -1,7 +1,9 @@
 """moe: nvfp4::fused_moe -> nvfp4::marlin_moe with marlin_repack nodes on both expert stacks.
 
 The Marlin MoE path is W4A16: activation scales (a13_gs, a2_gs) of a W4A4 fused_moe are dropped and the
-activations stay in BF16; the report says so. Expert stacks must be parameters/buffers.
+activations stay in BF16; the report says so. Expert stacks must be parameters/buffers. marlin_moe gets
+ctx.gemm as its tactic choice ("auto" | "marlin" | "dequant"; with gemm="bf16", which keeps dense weights as
+BF16 constants, expert stacks stay FP4 and the MoE tactic is "auto").
 """
 from __future__ import annotations
 
@@ -10,6 +12,10 @@ import torch.fx as fx
 from .graph_utils import describe, insert_call, is_op, nvfp4_op, op_args, remove_dead_code, source_name, val
 from .linear import ACTIVATION_DTYPES, emit_marlin_weight, mark_target
 from .manager import PassContext
+
+
+def moe_tactic(ctx: PassContext) -> str:
+    return "auto" if ctx.gemm == "bf16" else ctx.gemm
 
 
 class MoePass:
@@ -36,7 +42,7 @@ class MoePass:
             q2, s2 = emit_marlin_weight(gm, a["w2"], a["w2_sf"], swizzled=False)
             new = mark_target(insert_call(gm, nvfp4_op("marlin_moe").default, (
                 a["x"], a["topk_ids"], a["topk_weights"], q13, s13, a["w13_gs"], q2, s2, a["w2_gs"],
-                a["activation"], int(inter),
+                a["activation"], int(inter), moe_tactic(ctx),
             )), node)
         node.replace_all_uses_with(new)
         gm.graph.erase_node(node)

@@ -262,7 +262,7 @@ def test_compiled_backend_runs_the_kernel():
 
 
 # ------------------------------------------------------------------------------------------------------
-# CPU: the CUDA registration's dispatch (no GPU needed)
+# CPU: the CUDA registration without the extension (the dispatch to tactics: tests/ops/test_moe_tactics.py)
 # ------------------------------------------------------------------------------------------------------
 
 
@@ -284,23 +284,3 @@ def test_cuda_registration_without_kernel_is_the_reference(monkeypatch, activati
     x, ids, weights, source, marlin, act, inter = cpu_problem(activation)
     got = marlin_moe_module._marlin_moe_cuda(x, ids, weights, *marlin, act, inter)
     assert torch.equal(got, reference(x, ids, weights, source, act))
-
-
-@pytest.mark.parametrize("activation,code", [("silu", 0), ("relu2", 1)])
-def test_cuda_registration_hands_the_kernel_contiguous_inputs(monkeypatch, activation, code):
-    seen = {}
-
-    def fake_kernel(*args):
-        seen["args"] = args
-        return args[0].new_zeros(args[0].shape)
-
-    monkeypatch.setattr(_C, "has_kernel", lambda name: name == "marlin_moe")
-    monkeypatch.setattr(marlin_moe_module, "_kernel", fake_kernel)
-    x, ids, weights, _, marlin, act, inter = cpu_problem(activation)
-    x_strided = torch.cat([x, x], dim=1)[:, ::2]  # same values, non-contiguous
-    ids_t = ids.t().contiguous().t()
-    out = marlin_moe_module._marlin_moe_cuda(x_strided, ids_t, weights, *marlin, act, inter)
-    args = seen["args"]
-    assert out.shape == x.shape
-    assert all(t.is_contiguous() for t in args[:9]) and torch.equal(args[0], x_strided) and torch.equal(args[1], ids)
-    assert args[9] == code and args[10] == inter

@@ -82,3 +82,5 @@ def test_errors_name_the_tensor():
     bad[6], bad[7] = args[6][:3], args[7][:3]
     with pytest.raises(ValueError, match="same E"):
         ops.marlin_moe(*bad)
+    with pytest.raises(ValueError, match="gemm must be one of"):
+        ops.marlin_moe(*args, "cublas")

@@ -50,7 +50,7 @@ getitem_1 = getitem(marlin_repack, 1)  # u8[4, 4, 64]
 marlin_repack_1 = nvfp4.marlin_repack(in5, in6)
 getitem_2 = getitem(marlin_repack_1, 0)  # i32[4, 4, 128]
 getitem_3 = getitem(marlin_repack_1, 1)  # u8[4, 4, 64]
-marlin_moe = nvfp4.marlin_moe(in1, ids, w, getitem, getitem_1, in4, getitem_2, getitem_3, in7, 'silu', 32)  # bf16[6, 64]
+marlin_moe = nvfp4.marlin_moe(in1, ids, w, getitem, getitem_1, in4, getitem_2, getitem_3, in7, 'silu', 32, 'auto')  # bf16[6, 64]
 return (marlin_moe,)""")
         assert ctx.report.count("moe") == 1
 
