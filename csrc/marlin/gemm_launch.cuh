@@ -22,9 +22,8 @@ using ConfigM16 = GemmConfig<1, 1, 128, 128, 4, 256, 2>;
 using ConfigM32 = GemmConfig<2, 1, 128, 128, 4, 256, 2>;
 using ConfigM64 = GemmConfig<4, 1, 128, 128, 4, 256, 1>;
 using ConfigLarge = GemmConfig<4, 2, 256, 64, 4, 256, 1>;
-// Decode (gemv_kernel.cuh): 8- or 16-row tiles, 8 warps = 2 (n) x 4 (k), 6 k16 steps of loads in flight per warp.
-using ConfigGemv8 = GemvConfig<8, 2, 4, 6, 2>;
-using ConfigGemv16 = GemvConfig<16, 2, 4, 6, 2>;
+// Decode (gemv_kernel.cuh): 8-row tiles, 8 warps = 2 (n) x 4 (k), 6 k16 steps of loads in flight per warp.
+using ConfigGemv8 = GemvConfig<2, 4, 6, 2>;
 constexpr int kGemvMinStepsPerWarp = 4;  // split K no finer than this many k16 steps per warp
 
 constexpr int kMaxDevices = 64;
@@ -144,7 +143,6 @@ void launch_marlin_gemm(const at::Tensor& x, const at::Tensor& qweight, const at
     case 2: launch_with_config<T, ConfigM64>(p, device); break;
     case 3: launch_with_config<T, ConfigLarge>(p, device); break;
     case 4: launch_gemv_with_config<T, ConfigGemv8>(p, device); break;
-    case 5: launch_gemv_with_config<T, ConfigGemv16>(p, device); break;
     default: TORCH_CHECK(false, "nvfp4_C::marlin_gemm: no tile config ", config);
   }
 }
