@@ -1,5 +1,5 @@
 """Whole models converted with quantize_model compile with fullgraph=True: the demo Llama-style MoE decoder,
-and (when transformers is installed) a tiny Llama and a tiny Qwen3-MoE. The compiled W4A4 model must match
+and (when transformers is installed) a tiny Llama, a tiny Mixtral and a tiny Qwen3-MoE. The compiled W4A4 model must match
 the eager W4A16 model built from the same FP4 weights (same function up to BF16 rounding), and every NVFP4
 layer must be rewritten."""
 import copy
@@ -63,6 +63,15 @@ def test_transformers_tiny_qwen3_moe():
     model = _tiny(transformers.Qwen3MoeConfig, transformers.Qwen3MoeForCausalLM, moe_intermediate_size=32,
                   num_experts=4, num_experts_per_tok=2, head_dim=16)
     ids = torch.randint(0, 128, (2, 8), generator=torch.Generator().manual_seed(2))
+    check_model(model, {"input_ids": ids, "use_cache": False}, {"linear_w4a4": 8, "moe": 2})
+
+
+def test_transformers_tiny_mixtral():
+    transformers = pytest.importorskip("transformers")
+    model = _tiny(transformers.MixtralConfig, transformers.MixtralForCausalLM, num_local_experts=4,
+                  num_experts_per_tok=2, head_dim=16)
+    ids = torch.randint(0, 128, (2, 8), generator=torch.Generator().manual_seed(3))
+    # per layer: q, k, v, o (q/k/v merged); the router gate is skip-listed; the experts -> one marlin_moe
     check_model(model, {"input_ids": ids, "use_cache": False}, {"linear_w4a4": 8, "moe": 2})
 
 
