@@ -23,8 +23,8 @@ from .moe import ACTIVATIONS, GATED
 from .tactics import ProblemKey, Tactic, TacticSelector, TacticSet, cuda_median_ms, m_bucket
 
 KERNEL_ACTIVATION = {"silu": 0, "relu2": 1}  # the activation argument of torch.ops.nvfp4_C.marlin_moe
-# torch._grouped_mm has a fused CUDA kernel for bf16 only; other dtypes take a per-group loop that reads the
-# offsets on the host (a sync: not CUDA-graph safe), so the dequant tactic serves bf16 activations only.
+# torch._grouped_mm has a fused CUDA kernel for bf16 on SM90+ only; otherwise it takes a per-group loop that reads
+# the offsets on the host (a sync: not CUDA-graph safe), so the dequant tactic serves bf16 on SM90+ only.
 DEQUANT_DTYPES = ("bf16",)
 log = logging.getLogger("nvfp4_compile.tactics")
 
@@ -67,6 +67,17 @@ def dequant_grouped_moe(x, topk_ids, topk_weights, w13_q, w13_s, w13_gs, w2_q, w
     return weighted.sum(1).to(x.dtype)
 
 
+def grouped_mm_is_fused(key: ProblemKey) -> bool:
+    """torch._grouped_mm runs its fused (graph-safe) kernel for this problem: bf16 on an SM90+ device."""
+    return key.dtype in DEQUANT_DTYPES and torch.cuda.get_device_capability()[0] >= 9
+
+
+@functools.cache
+def _warn_dequant_unavailable(dtype: str) -> None:  # once per dtype, not on every call
+    log.warning("nvfp4_compile: gemm='dequant' for a %s MoE on this device: torch._grouped_mm has no fused kernel "
+                "for it (bf16 on SM90+); running the W4A16 MoE kernel instead", dtype)
+
+
 def _kernel_tactic(name: str, tile: int) -> Tactic:
     def run(x, topk_ids, topk_weights, w13_q, w13_s, w13_gs, w2_q, w2_s, w2_gs, activation, inter_size):
         return torch.ops.nvfp4_C.marlin_moe(x, topk_ids, topk_weights, w13_q, w13_s, w13_gs, w2_q, w2_s, w2_gs,
@@ -81,8 +92,8 @@ def tactic_set() -> TacticSet:
         raise RuntimeError(f"nvfp4_compile: MoE tactics need the CUDA extension ({_C.LOAD_ERROR or 'not built'})")
     tiles = list(torch.ops.nvfp4_C.marlin_moe_tiles())
     tactics = [_kernel_tactic(f"marlin.{name}", i) for i, name in enumerate(tiles)]
-    tactics.append(Tactic("dequant", dequant_grouped_moe, applies=lambda key: key.dtype in DEQUANT_DTYPES,
-                          not_applicable="torch._grouped_mm's fused kernel takes bf16 only"))
+    tactics.append(Tactic("dequant", dequant_grouped_moe, applies=grouped_mm_is_fused,
+                          not_applicable="torch._grouped_mm's fused kernel takes bf16 on SM90+ only"))
     return TacticSet("marlin_moe", tuple(tactics), fallback=_kernel_tactic("marlin", -1), build=extension_build_id())
 
 
@@ -132,14 +143,13 @@ def choose(x, topk_ids, topk_weights, w13_q, w13_s, w13_gs, w2_q, w2_s, w2_gs, a
     ts = tactic_set()
     if gemm == "marlin":
         return ts.fallback
+    key = problem_key(x, topk_ids, w13_q, activation, inter_size)
     if gemm == "dequant":
-        if DTYPE_NAMES[x.dtype] in DEQUANT_DTYPES:
+        if grouped_mm_is_fused(key):
             return ts.get("dequant")
-        log.warning("nvfp4_compile: gemm='dequant' for a %s MoE: torch._grouped_mm has no fused %s kernel; "
-                    "running the W4A16 MoE kernel instead", x.dtype, x.dtype)
+        _warn_dequant_unavailable(str(x.dtype))
         return ts.fallback
     if topk_ids.shape[1] > w13_q.shape[0]:  # no routing of distinct experts to profile on
         return ts.fallback
-    key = problem_key(x, topk_ids, w13_q, activation, inter_size)
     weights = (w13_q, w13_s, w13_gs, w2_q, w2_s, w2_gs, activation, inter_size)
     return selector().select(key, _measure_on_random_routing(key, x, topk_ids, topk_weights, weights))

@@ -92,3 +92,11 @@ def test_cuda_registration_without_the_extension_is_the_reference(monkeypatch):
     x, ids, weights, w13s, w2s, act, inter = problem(m=5)
     args = marlin_args(x, ids, weights, w13s, w2s, act, inter)
     assert torch.equal(marlin_moe_module._marlin_moe_cuda(*args, "dequant"), ops.marlin_moe(*args))
+
+
+@pytest.mark.parametrize("dtype,capability,fused", [("bf16", (9, 0), True), ("bf16", (10, 0), True),
+                                                    ("bf16", (8, 0), False), ("fp16", (9, 0), False)])
+def test_dequant_tactic_needs_the_fused_grouped_gemm(monkeypatch, dtype, capability, fused):
+    """Elsewhere torch._grouped_mm loops over groups with the offsets read on the host (not graph safe)."""
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    assert moe_tactics.grouped_mm_is_fused(ProblemKey("d", 32, 64, 8, dtype, "E=4,topk=2,silu")) is fused
