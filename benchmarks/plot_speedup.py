@@ -1,9 +1,9 @@
-"""Plot speedup over BF16 cuBLAS vs M, one panel per (N, K), from bench_tactics.py's CSV.
+"""Plot speedup over BF16 cuBLAS vs M, one panel per (N, K), from bench_tactics.py's or bench_gemm.py's CSV.
 
-    python benchmarks/plot_speedup.py bench_tactics.csv [--out docs/gemm_speedup.png]
+    python benchmarks/plot_speedup.py bench.csv [--out docs/gemm_speedup.png]
 
-Lines: auto, marlin (the kernel's own config choice), dequant (+ cuBLAS), and the memory floor's bound on
-speedup (cuBLAS time / floor time); y = cublas_us / tactic_us, so above 1 is faster than BF16.
+Lines: auto, marlin (the kernel's own config choice), dequant (+ cuBLAS; bench_tactics.py only), and the memory
+floor's bound on speedup (cuBLAS time / floor time); y = cublas_us / tactic_us, so above 1 is faster than BF16.
 """
 from __future__ import annotations
 
