@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from . import _C
-from .tactics import ProblemKey, Tactic, TacticSelector, TacticSet, cuda_median_ms, m_bucket
+from .tactics import ProblemKey, SharedSelector, Tactic, TacticSet, cuda_median_ms, m_bucket
 
 GEMM_CHOICES = ("auto", "marlin", "dequant")
 DTYPE_NAMES = {torch.bfloat16: "bf16", torch.float16: "fp16"}
@@ -93,21 +93,8 @@ def tactic_set() -> TacticSet:
     return TacticSet("marlin_gemm", tuple(tactics), fallback=_marlin_tactic("marlin", -1), build=extension_build_id())
 
 
-_selector: TacticSelector | None = None
-
-
-def selector() -> TacticSelector:
-    """The process-wide selector (cache: $NVFP4_COMPILE_CACHE_DIR or ~/.cache/nvfp4_compile)."""
-    global _selector
-    if _selector is None:
-        _selector = TacticSelector(tactic_set(), library_version())
-    return _selector
-
-
-def set_selector(new: TacticSelector | None) -> None:
-    """Replace the process-wide selector (None: a fresh default one on next use), e.g. to use another cache."""
-    global _selector
-    _selector = new
+_shared = SharedSelector(tactic_set, library_version)
+selector, set_selector = _shared.get, _shared.set  # the process-wide marlin_gemm selector
 
 
 def problem_key(x2: torch.Tensor, size_n: int, size_k: int) -> ProblemKey:

@@ -20,7 +20,7 @@ import torch
 from . import _C
 from .gemm_tactics import DTYPE_NAMES, device_label, extension_build_id, library_version
 from .moe import ACTIVATIONS, GATED
-from .tactics import ProblemKey, Tactic, TacticSelector, TacticSet, cuda_median_ms, m_bucket
+from .tactics import ProblemKey, SharedSelector, Tactic, TacticSet, cuda_median_ms, m_bucket
 
 KERNEL_ACTIVATION = {"silu": 0, "relu2": 1}  # the activation argument of torch.ops.nvfp4_C.marlin_moe
 # torch._grouped_mm has a fused CUDA kernel for bf16 on SM90+ only; otherwise it takes a per-group loop that reads
@@ -97,21 +97,8 @@ def tactic_set() -> TacticSet:
     return TacticSet("marlin_moe", tuple(tactics), fallback=_kernel_tactic("marlin", -1), build=extension_build_id())
 
 
-_selector: TacticSelector | None = None
-
-
-def selector() -> TacticSelector:
-    """The process-wide MoE selector (same cache directory as the GEMM's, its own scope)."""
-    global _selector
-    if _selector is None:
-        _selector = TacticSelector(tactic_set(), library_version())
-    return _selector
-
-
-def set_selector(new: TacticSelector | None) -> None:
-    """Replace the process-wide MoE selector (None: a fresh default one on next use)."""
-    global _selector
-    _selector = new
+_shared = SharedSelector(tactic_set, library_version)
+selector, set_selector = _shared.get, _shared.set  # the process-wide marlin_moe selector (its own cache scope)
 
 
 def problem_key(x, topk_ids, w13_q, activation: str, inter_size: int) -> ProblemKey:

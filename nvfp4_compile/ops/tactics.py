@@ -270,6 +270,25 @@ class TacticSelector:
         return choice
 
 
+class SharedSelector:
+    """One op's process-wide selector: made on first use from make_tactic_set() and the library version
+    (cache: $NVFP4_COMPILE_CACHE_DIR or ~/.cache/nvfp4_compile), replaceable, e.g. to use another cache."""
+
+    def __init__(self, make_tactic_set: Callable[[], TacticSet], version: Callable[[], str]):
+        self._make_tactic_set = make_tactic_set
+        self._version = version
+        self._selector: TacticSelector | None = None
+
+    def get(self) -> TacticSelector:
+        if self._selector is None:
+            self._selector = TacticSelector(self._make_tactic_set(), self._version())
+        return self._selector
+
+    def set(self, new: TacticSelector | None) -> None:
+        """None: a fresh default selector on next use."""
+        self._selector = new
+
+
 # ----------------------------------------------------------------------------------------------------
 # Timing on a CUDA device
 # ----------------------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from nvfp4_compile.ops.tactics import (
     CACHE_DIR_ENV,
     Choice,
     ProblemKey,
+    SharedSelector,
     Tactic,
     TacticCache,
     TacticSelector,
@@ -310,3 +311,20 @@ def test_compiled_graph_carries_the_gemm_choice(gemm, rewritten_graphs):
     assert out.shape == ref.shape and (out.float() - ref.float()).norm() < 0.2 * ref.float().norm()
     (nodes,) = rewritten_graphs
     assert len(nodes) == 1 and nodes[0].args[-1] == gemm
+
+
+def test_shared_selector_is_made_once_and_replaceable():
+    made = []
+
+    def make_set():
+        made.append(1)
+        return TacticSet("fake_gemm", (Tactic("a", lambda: None),), fallback=Tactic("a", lambda: None))
+
+    shared = SharedSelector(make_set, lambda: "v1")
+    first = shared.get()
+    assert shared.get() is first and len(made) == 1 and first.version == "v1"
+    other = TacticSelector(make_set(), "v2", TacticCache(persist=False))
+    shared.set(other)
+    assert shared.get() is other
+    shared.set(None)
+    assert shared.get() not in (first, other) and len(made) == 3
