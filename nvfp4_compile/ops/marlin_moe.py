@@ -15,10 +15,11 @@
 Numerics are fused_moe's W4A16 path exactly (FP32 GEMMs, activation rounded to x.dtype, FP32 top-k sum,
 one final rounding): the reference kernel un-repacks the stacks (formats.marlin, which dequantize to the
 same values as the originals) and runs fused_moe's reference on them. CUDA runs the tactic `gemm` names or
-"auto" selects (ops/moe_tactics.py: the csrc/moe kernels with one of their tiles, or dequantize + grouped GEMM;
-docs/moe.md) when the extension is built, else the same reference. The kernel rounds the first GEMM's output and the second
-GEMM's per-slot output to x.dtype (the reference keeps them in FP32): close, not bit-identical. It never
-syncs with the host, so it cannot raise on expert ids outside [0, E): those slots add nothing.
+"auto" selects (ops/moe_tactics.py: the csrc/moe kernels with one of their tiles, or dequantize + grouped
+GEMM; docs/moe.md) when the extension is built, else the same reference. Both CUDA tactics round the first
+GEMM's output and the second GEMM's per-slot output to x.dtype (the reference keeps them in FP32): close, not
+bit-identical. They never sync with the host, so they cannot raise on expert ids outside [0, E): those slots
+add nothing.
 """
 from __future__ import annotations
 
