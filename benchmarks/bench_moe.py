@@ -160,9 +160,9 @@ def bench_model(name, e, k, h, inter, m_values, bandwidth, gen, tactics):
         picked = choice.best if choice else "?"
         rows.append((name, m, touched, times, bf16, floor, picked, "grouped_mm" if grouped else "loop"))
         cells = " ".join(f"{times[t] * 1e3:>12.1f}" for t in (*tactics, "auto"))
+        auto = times["auto"]
         print(f"{name:>14} {m:>5} {touched:>7.1f} | {cells} {bf16 * 1e3:>9.1f} {floor * 1e3:>9.1f} | "
-              f"{floor / times['auto'] * 100:>6.1f}% {bf16 / times['auto']:>9.2f}x {times['auto'] / best:>8.3f} {picked}",
-              flush=True)
+              f"{floor / auto * 100:>6.1f}% {bf16 / auto:>9.2f}x {auto / best:>8.3f} {picked}", flush=True)
         del sets, calls
     del q13, s13, q2, s2, stacks, w13t, w2t
     torch.cuda.empty_cache()
