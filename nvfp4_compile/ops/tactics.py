@@ -161,6 +161,11 @@ class TacticCache:
         with self._lock:
             return self._entries(scope).get(key.entry_name())
 
+    def entries(self, scope: Scope) -> dict[str, Choice]:
+        """Every choice of the scope (with persist: also what other processes wrote before it was first read)."""
+        with self._lock:
+            return dict(self._entries(scope))
+
     def store(self, scope: Scope, key: ProblemKey, choice: Choice) -> None:
         with self._lock:
             self._entries(scope)[key.entry_name()] = choice
@@ -234,6 +239,10 @@ class TacticSelector:
     def choice(self, key: ProblemKey) -> Choice | None:
         """The cached choice for key, if any (no profiling)."""
         return self.cache.lookup(self.scope(key.device), key)
+
+    def choices(self, device: str) -> dict[str, Choice]:
+        """Every cached choice on device, by problem (ProblemKey.entry_name)."""
+        return self.cache.entries(self.scope(device))
 
     def select(self, key: ProblemKey, measure: Callable[[Tactic], float]) -> Tactic:
         choice = self.choice(key)

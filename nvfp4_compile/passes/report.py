@@ -83,7 +83,7 @@ class GraphReport:
         return format_reports([self])
 
 
-def _table(headers: list[str], rows: list[list[str]]) -> str:
+def table(headers: list[str], rows: list[list[str]]) -> str:
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
     line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
     return "\n".join([line(headers), line(["-" * w for w in widths])] + [line(r) for r in rows])
@@ -99,20 +99,20 @@ def format_reports(reports: list[GraphReport]) -> str:
     for rep in reports:
         out.append(f"== {rep.graph} [{rep.device}]: {rep.decision}")
         if rep.rewrites:
-            out.append(_table(
+            out.append(table(
                 ["kind", "node", "weight", "shapes", "target"],
                 [[r.kind, r.node, r.weight, r.shapes, r.target] for r in rep.rewrites],
             ))
         if rep.folded:
             out.append("folded weight constants (evaluated once at compile time):")
-            out.append(_table(
+            out.append(table(
                 ["constant", "from", "ops", "size", "time", "cached"],
                 [[f.name, f.sources, f.ops, _mib(f.bytes), f"{f.seconds * 1e3:.1f} ms", "yes" if f.cached else "no"]
                  for f in rep.folded],
             ))
         if rep.skipped:
             out.append("left as they were:")
-            out.append(_table(
+            out.append(table(
                 ["pass", "node", "op", "reason"], [[s.pass_name, s.node, s.op, s.reason] for s in rep.skipped]
             ))
         for n in rep.notes:

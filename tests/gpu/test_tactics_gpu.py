@@ -108,6 +108,19 @@ def test_forced_choices_run_their_tactic(fresh_selector):
     assert fresh_selector.choice(gemm_tactics.problem_key(x2, n, k)) is None  # forced choices never profile
 
 
+def test_tactic_choices_lists_what_auto_profiled(fresh_selector):
+    n, k = 4096, 4096
+    w, sf, gs = quantize_nvfp4(torch.randn(n, k, device=DEV))
+    q, s = ops.marlin_repack(w, sf)
+    x = torch.randn(3, k, device=DEV).to(torch.bfloat16)
+    ops.marlin_gemm(x, q, s, gs, None, n, k, "auto")
+    key = gemm_tactics.problem_key(x, n, k)
+    report = nvfp4_compile.tactic_choices()
+    rows = [r for r in report.rows if r.op == "marlin_gemm"]
+    assert report.device == key.device and [r.problem for r in rows] == [key.entry_name()]
+    assert rows[0].choice == fresh_selector.choice(key) and rows[0].choice.best in str(report)
+
+
 def test_auto_profiles_once_and_runs_its_choice(fresh_selector):
     n, k = 4096, 4096
     w, sf, gs = quantize_nvfp4(torch.randn(n, k, device=DEV))
