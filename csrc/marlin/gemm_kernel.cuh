@@ -85,8 +85,67 @@ struct GemmConfig {
   static_assert(TN % 64 == 0 && WARPS % (WARPS_M * WARPS_N) == 0, "whole warps of 64 columns");
   static_assert(WARPS_K >= 1 && K16 % WARPS_K == 0, "each warp must get the same number of k16 steps");
   static_assert(TK % 64 == 0 && A_CHUNKS >= 8, "the A swizzle XORs 3 bits of the chunk index");
-  static_assert((ROWS * A_CHUNKS) % THREADS == 0 && (K16 * TN / 2) % THREADS == 0, "whole loader rounds");
-  static_assert(K16 * TN / 16 <= THREADS, "one 16-byte scale chunk per thread at most");
+  static_assert((ROWS * A_CHUNKS) % THREADS == 0, "whole loader rounds");
+};
+
+// The weight half of a pipeline stage (the tiled kernels, mma.sync and wgmma): the K16 layout rows of the CTA's
+// TN / 64 weight tiles (512 B per tile and row) and their K16 x TN scale codes, as 16-byte cp.async into
+// [weights B_BYTES | scale codes]. Pointers and predicates are set up once and advanced one k-tile per load
+// (k-tiles strictly in order); rows >= K_pad / 16 and tiles >= N_pad are zero-filled, never read.
+template <class Cfg>
+struct WeightStageLoader {
+  static constexpr int B_ITERS = Cfg::K16 * Cfg::TN / 2 / Cfg::THREADS;
+  static constexpr int S_CHUNKS = Cfg::K16 * Cfg::TN / 16;
+  static_assert((Cfg::K16 * Cfg::TN / 2) % Cfg::THREADS == 0, "whole loader rounds");
+  static_assert(S_CHUNKS <= Cfg::THREADS, "one 16-byte scale chunk per thread at most");
+
+  const int4* b_base;
+  const uint8_t* s_base;
+  int64_t b_step, s_step;  // int4 / bytes per k-tile
+  int k16_rows;
+  const int4* b_src[B_ITERS];
+  int b_k16[B_ITERS];
+  bool b_tile_ok[B_ITERS];
+  const uint8_t* s_src;
+  int s_k16;
+  bool s_ok;
+
+  __device__ __forceinline__ WeightStageLoader(const MarlinGemmParams& p, const int4* b, const uint8_t* s, int n0,
+                                               int kt_begin)
+      : b_base(b), s_base(s), b_step(static_cast<int64_t>(Cfg::K16) * (p.n_pad / 2)),
+        s_step(static_cast<int64_t>(Cfg::K16) * p.n_pad), k16_rows(p.k_pad / 16) {
+    const int tid = threadIdx.x;
+    const int n_tiles64 = p.n_pad / 64;
+#pragma unroll
+    for (int it = 0; it < B_ITERS; ++it) {
+      const int i = tid + it * Cfg::THREADS;
+      const int r = i / (Cfg::TN / 2), c = i % (Cfg::TN / 2);
+      b_k16[it] = kt_begin * Cfg::K16 + r;
+      b_tile_ok[it] = (n0 / 64 + c / 32) < n_tiles64;
+      b_src[it] = b + static_cast<int64_t>(b_k16[it]) * (p.n_pad / 2) + n0 / 2 + c;
+    }
+    const int s_r = tid / (Cfg::TN / 16), s_c = tid % (Cfg::TN / 16);
+    s_k16 = kt_begin * Cfg::K16 + s_r;
+    s_ok = tid < S_CHUNKS && n0 + s_c * 16 < p.n_pad;
+    s_src = s + static_cast<int64_t>(s_k16) * p.n_pad + n0 + s_c * 16;
+  }
+
+  __device__ __forceinline__ void load(uint8_t* dst) {
+    const int tid = threadIdx.x;
+#pragma unroll
+    for (int it = 0; it < B_ITERS; ++it) {
+      const bool ok = b_tile_ok[it] && b_k16[it] < k16_rows;
+      cp_async16(dst + (tid + it * Cfg::THREADS) * 16, ok ? b_src[it] : b_base, ok);
+      b_src[it] += b_step;
+      b_k16[it] += Cfg::K16;
+    }
+    if (tid < S_CHUNKS) {
+      const bool ok = s_ok && s_k16 < k16_rows;
+      cp_async16(dst + Cfg::B_BYTES + tid * 16, ok ? s_src : s_base, ok);
+      s_src += s_step;
+      s_k16 += Cfg::K16;
+    }
+  }
 };
 
 // One k16 step (one scale block) of a warp: 16 x 64 weights (one 16-byte int4 per lane: 4 int32 of nibble
@@ -309,8 +368,6 @@ __global__ void __launch_bounds__(Cfg::THREADS, Cfg::MIN_BLOCKS) marlin_gemm_ker
   const int num_k = kt_end - kt_begin;
 
   const T* a_base = static_cast<const T*>(p.a);
-  const int k16_rows = p.k_pad / 16;
-  const int n_tiles64 = p.n_pad / 64;
 
   // ---- load plan (all threads): fixed shared-memory offsets, global pointers set up once and advanced one
   // k-tile per load, so a stage costs a handful of adds and predicates besides the cp.async themselves.
@@ -318,8 +375,6 @@ __global__ void __launch_bounds__(Cfg::THREADS, Cfg::MIN_BLOCKS) marlin_gemm_ker
   // row and those rows are never stored. Columns >= K of live rows, B rows >= K_pad and tiles >= N_pad are
   // zero-filled (the padded weights are zero, and 0 * garbage could be NaN).
   constexpr int A_ITERS = Cfg::ROWS * Cfg::A_CHUNKS / Cfg::THREADS;
-  constexpr int B_ITERS = Cfg::K16 * Cfg::TN / 2 / Cfg::THREADS;
-  constexpr int S_CHUNKS = Cfg::K16 * Cfg::TN / 16;
   const T* a_src[A_ITERS];
   int a_col[A_ITERS];
   uint32_t a_dst[A_ITERS];
@@ -333,23 +388,7 @@ __global__ void __launch_bounds__(Cfg::THREADS, Cfg::MIN_BLOCKS) marlin_gemm_ker
     a_src[it] = id >= 0 ? a_base + a_row * p.lda + a_col[it] : nullptr;
     a_dst[it] = (r * Cfg::A_CHUNKS + (c ^ (r & 7))) * 16;
   }
-  const int64_t b_step = static_cast<int64_t>(Cfg::K16) * (p.n_pad / 2);  // int4 per k-tile
-  const int4* b_src[B_ITERS];
-  int b_k16[B_ITERS];
-  bool b_tile_ok[B_ITERS];
-#pragma unroll
-  for (int it = 0; it < B_ITERS; ++it) {
-    const int i = tid + it * Cfg::THREADS;
-    const int r = i / (Cfg::TN / 2), c = i % (Cfg::TN / 2);
-    b_k16[it] = kt_begin * Cfg::K16 + r;
-    b_tile_ok[it] = (n0 / 64 + c / 32) < n_tiles64;
-    b_src[it] = b_base + static_cast<int64_t>(b_k16[it]) * (p.n_pad / 2) + n0 / 2 + c;
-  }
-  const int64_t s_step = static_cast<int64_t>(Cfg::K16) * p.n_pad;  // bytes per k-tile
-  const int s_r = tid / (Cfg::TN / 16), s_c = tid % (Cfg::TN / 16);
-  int s_k16 = kt_begin * Cfg::K16 + s_r;
-  const bool s_col_ok = tid < S_CHUNKS && n0 + s_c * 16 < p.n_pad;
-  const uint8_t* s_src = s_base + static_cast<int64_t>(s_k16) * p.n_pad + n0 + s_c * 16;
+  WeightStageLoader<Cfg> weights(p, b_base, s_base, n0, kt_begin);
 
   // Loads the next k-tile (k-tiles are loaded strictly in order) into `stage`.
   auto load_next = [&](int stage) {
@@ -363,19 +402,7 @@ __global__ void __launch_bounds__(Cfg::THREADS, Cfg::MIN_BLOCKS) marlin_gemm_ker
         a_col[it] += Cfg::TK;
       }
     }
-#pragma unroll
-    for (int it = 0; it < B_ITERS; ++it) {
-      const bool ok = b_tile_ok[it] && b_k16[it] < k16_rows;
-      cp_async16(base + Cfg::A_BYTES + (tid + it * Cfg::THREADS) * 16, ok ? b_src[it] : b_base, ok);
-      b_src[it] += b_step;
-      b_k16[it] += Cfg::K16;
-    }
-    if (tid < S_CHUNKS) {
-      const bool ok = s_col_ok && s_k16 < k16_rows;
-      cp_async16(base + Cfg::A_BYTES + Cfg::B_BYTES + tid * 16, ok ? s_src : s_base, ok);
-      s_src += s_step;
-      s_k16 += Cfg::K16;
-    }
+    weights.load(base + Cfg::A_BYTES);
   };
 
   float acc[Cfg::MB][8][4];

@@ -11,6 +11,7 @@
 
 #include "gemm_kernel.cuh"
 #include "gemv_kernel.cuh"
+#include "wgmma_kernel.cuh"
 
 namespace nvfp4 {
 
@@ -25,6 +26,10 @@ using ConfigLarge = GemmConfig<4, 2, 256, 64, 4, 256, 1>;
 // Decode (gemv_kernel.cuh): 8-row tiles, 8 warps = 2 (n) x 4 (k), 6 k16 steps of loads in flight per warp.
 using ConfigGemv8 = GemvConfig<2, 4, 6, 2>;
 constexpr int kGemvMinStepsPerWarp = 4;  // split K no finer than this many k16 steps per warp
+// Hopper warpgroup MMA (wgmma_kernel.cuh): WgmmaConfig<NTOK rows of x, FRAGS, warpgroups, STAGES>.
+// wg64: 64 rows x 512 columns (a warp dequantizes 64 columns per k16 step); wg128: 128 x 256 (32 columns).
+using ConfigWg64 = WgmmaConfig<64, 4, 2, 5>;
+using ConfigWg128 = WgmmaConfig<128, 2, 2, 5>;
 
 constexpr int kMaxDevices = 64;
 constexpr int kMaxSplits = 32;
@@ -36,6 +41,15 @@ inline int sm_count(int device) {
     C10_CUDA_CHECK(cudaDeviceGetAttribute(&count[device], cudaDevAttrMultiProcessorCount, device));
   }
   return count[device];
+}
+
+inline int sm_major(int device) {
+  static std::array<int, kMaxDevices> major{};
+  TORCH_CHECK(device >= 0 && device < kMaxDevices, "nvfp4_C: device index out of range");
+  if (major[device] == 0) {
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&major[device], cudaDevAttrComputeCapabilityMajor, device));
+  }
+  return major[device];
 }
 
 template <auto kKernel, int kThreads, int kSmemBytes>
@@ -115,6 +129,14 @@ void launch_gemv_with_config(MarlinGemmParams p, int device) {
                                                 std::max(1, p.k / 16 / (Cfg::WARPS_K * kGemvMinStepsPerWarp)));
 }
 
+// The wgmma kernels exist only in the sm_90a build (sm_90a code runs on compute capability 9.0 only).
+template <typename T, class Cfg>
+void launch_wgmma_with_config(MarlinGemmParams p, int device) {
+  TORCH_CHECK(sm_major(device) == 9, "nvfp4_C::marlin_gemm: the wgmma configs need a Hopper (SM 9.0) GPU");
+  p.k_tiles = p.k_pad / Cfg::TK;
+  launch_tiles<marlin_wgmma_kernel<T, Cfg>, Cfg>(p, device, p.k_tiles);
+}
+
 template <typename T>
 void launch_marlin_gemm(const at::Tensor& x, const at::Tensor& qweight, const at::Tensor& scales,
                         const at::Tensor& global_scale, const std::optional<at::Tensor>& bias, at::Tensor& out,
@@ -144,6 +166,8 @@ void launch_marlin_gemm(const at::Tensor& x, const at::Tensor& qweight, const at
     case 2: launch_with_config<T, ConfigM64>(p, device); break;
     case 3: launch_with_config<T, ConfigLarge>(p, device); break;
     case 4: launch_gemv_with_config<T, ConfigGemv8>(p, device); break;
+    case 5: launch_wgmma_with_config<T, ConfigWg64>(p, device); break;
+    case 6: launch_wgmma_with_config<T, ConfigWg128>(p, device); break;
     default: TORCH_CHECK(false, "nvfp4_C::marlin_gemm: no tile config ", config);
   }
 }

@@ -149,7 +149,8 @@ def test_gemm_matches_fp32_reference(m, n, k, dtype, with_bias):
     assert rel_err(out, ref) < 1e-2
 
 
-CONFIGS = range(5)  # nvfp4_C.marlin_gemm_configs(): m16, m32, m64, large, gemv8
+CONFIG_NAMES = ["m16", "m32", "m64", "large", "gemv8", "wg64", "wg128"]  # nvfp4_C.marlin_gemm_configs()
+CONFIGS = range(len(CONFIG_NAMES))
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
@@ -175,7 +176,7 @@ def test_identity_gemm_reproduces_every_weight_exactly(dtype, m, config):
 
 
 def test_config_names():
-    assert list(torch.ops.nvfp4_C.marlin_gemm_configs()) == ["m16", "m32", "m64", "large", "gemv8"]
+    assert list(torch.ops.nvfp4_C.marlin_gemm_configs()) == CONFIG_NAMES
 
 
 @pytest.mark.parametrize("config", CONFIGS)
@@ -214,12 +215,15 @@ def test_gemv_config_on_decode_shapes(dtype, m, n, k):
     assert rel_err(out, reference_gemm(x, w, sf, gs, bias)) < 1e-2
 
 
-def test_gemv_config_deterministic_under_cuda_graph_replay():
-    n, k = 4096, 14336
+@pytest.mark.parametrize("config,m,k", [(GEMV8, 4, 14336), (5, 200, 8192), (6, 200, 8192)],
+                         ids=["gemv8", "wg64", "wg128"])
+def test_config_deterministic_under_cuda_graph_replay(config, m, k):
+    """The decode and wgmma kernels (split-K with atomic tile counters) replay bit-identically in a CUDA graph."""
+    n = 4096
     w, sf, gs = quantize_nvfp4(torch.randn(n, k, device=DEV))
     q, s = ops.marlin_repack(w, sf)
-    static_x = torch.randn(4, k, device=DEV).to(torch.bfloat16)
-    run = lambda: torch.ops.nvfp4_C.marlin_gemm(static_x, q, s, gs.reshape(-1), None, n, k, GEMV8)  # noqa: E731
+    static_x = torch.randn(m, k, device=DEV).to(torch.bfloat16)
+    run = lambda: torch.ops.nvfp4_C.marlin_gemm(static_x, q, s, gs.reshape(-1), None, n, k, config)  # noqa: E731
     eager = run()
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
@@ -234,6 +238,29 @@ def test_gemv_config_deterministic_under_cuda_graph_replay():
         torch.cuda.synchronize()
         assert torch.equal(static_out, eager)
     assert rel_err(eager, reference_gemm(static_x, w, sf, gs)) < 1e-2
+
+
+WGMMA = {"wg64": 5, "wg128": 6}  # the Hopper warpgroup-MMA kernel (csrc/marlin/wgmma_kernel.cuh)
+
+
+@pytest.mark.parametrize("config", WGMMA.values(), ids=WGMMA.keys())
+@pytest.mark.parametrize("m,n,k", [(64, 4096, 4096), (256, 8192, 1024), (129, 14336, 4096), (1000, 4096, 14336),
+                                   (64, 28672, 512), (4096, 1024, 2048), (33, 600, 1040), (255, 64, 64)])
+def test_wgmma_configs_on_model_shapes(config, m, n, k):
+    """The wgmma kernel where it is meant to run (M of 33 .. 4096, model-sized N and K: long k loops, every
+    pipeline stage reused, split-K on and off) and on awkward sizes; BF16 and FP16, fresh weights over the
+    whole E4M3 range, bias, poisoned outputs."""
+    w, sf = random_fp4(n, k, seed=m * 13 + n + k + config, pool=FINITE_E4M3[FINITE_E4M3.float().abs() > 0.5])
+    w, sf = w.to(DEV), sf.to(DEV)
+    q, s = ops.marlin_repack(w, sf)
+    g = torch.Generator(device=DEV).manual_seed(m + n + config)
+    gs = torch.tensor(2e-3, device=DEV)
+    for dtype in (torch.bfloat16, torch.float16):
+        x = torch.randn(m, k, device=DEV, generator=g).to(dtype)
+        bias = torch.randn(n, device=DEV, generator=g).to(dtype)
+        out, poisoned = run_gemm(x, q, s, gs, bias, n, k, config=config)
+        assert not torch.isnan(out).any(), f"unwritten (NaN) outputs; poisoned block reused: {poisoned}"
+        assert rel_err(out, reference_gemm(x, w, sf, gs, bias)) < 1e-2
 
 
 @pytest.mark.parametrize("tactic", [*CONFIGS, "dequant", "auto"])

@@ -1,0 +1,113 @@
+// Hopper warpgroup MMA (sm_90a) with the A operand in registers: D[64 x N] += A[64 x 16] * B[16 x N], FP32
+// accumulators, B read by the tensor cores from shared memory through a matrix descriptor.
+//
+// The W4A16 kernel (wgmma_kernel.cuh) computes C^T = W X^T: dequantized weights are A (warp w of the warpgroup
+// supplies rows 16w..16w+15 in the mma.m16n8k16 A-fragment layout), the activation tile is B, stored K-major
+// with the 128-byte swizzle (row r of 64 bf16/fp16 at r * 128, 16-byte chunk c at chunk c ^ (r % 8)).
+// D: warp w, lane t holds rows 16w + t/4 (+8 for d[4i+2], d[4i+3]), columns 8i + 2(t%4) (+1 for odd d).
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <cstdint>
+#include <type_traits>
+
+// wgmma exists only in the sm_90a target; other targets (NVFP4_COMPILE_SM80) compile the kernel to a trap and
+// the host refuses to launch it on devices other than SM 9.x.
+#if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define NVFP4_HAS_WGMMA 1
+#else
+#define NVFP4_HAS_WGMMA 0
+#endif
+
+namespace nvfp4 {
+
+// Descriptor of a K-major operand tile with the 128-byte swizzle: 8-row groups of 128-byte rows 1024 bytes apart
+// (stride byte offset), leading byte offset unused for this layout (1), swizzle mode 1 = 128 B. The tile must
+// start 1024-byte aligned; the k16 step kk inside a 64-wide row is start + 32 * kk bytes.
+__device__ __forceinline__ uint64_t sw128_kmajor_desc(uint32_t smem_byte_addr) {
+  return static_cast<uint64_t>((smem_byte_addr & 0x3FFFF) >> 4) | (uint64_t{1} << 16) |
+         (uint64_t{1024 >> 4} << 32) | (uint64_t{1} << 62);
+}
+
+__device__ __forceinline__ void wgmma_fence() {
+#if NVFP4_HAS_WGMMA
+  asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void wgmma_commit() {
+#if NVFP4_HAS_WGMMA
+  asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+#endif
+}
+template <int PENDING>
+__device__ __forceinline__ void wgmma_wait() {
+#if NVFP4_HAS_WGMMA
+  asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(PENDING) : "memory");
+#endif
+}
+// Shared memory written by the generic proxy (cp.async, st.shared) becomes visible to the tensor cores' async
+// proxy only after this fence (by the writing threads, before the barrier that publishes it).
+__device__ __forceinline__ void fence_proxy_async_shared() {
+#if NVFP4_HAS_WGMMA
+  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+#endif
+}
+// Keeps the compiler from moving accumulator reads/writes across the asynchronous MMAs that own them.
+template <int R>
+__device__ __forceinline__ void fence_accumulators(float (&d)[R]) {
+#pragma unroll
+  for (int i = 0; i < R; ++i) asm volatile("" : "+f"(d[i])::"memory");
+}
+
+#define NVFP4_WGMMA_RS_N64(TY)                                                                                        \
+  asm volatile(                                                                                                       \
+      "{ .reg .pred p; setp.ne.b32 p, 1, 0;\n"                                                                        \
+      "wgmma.mma_async.sync.aligned.m64n64k16.f32." TY "." TY "\n"                                                    \
+      "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,"                                                       \
+      "%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31},"                                             \
+      "{%32,%33,%34,%35}, %36, p, 1, 1, 0; }\n"                                                                       \
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),               \
+        "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),         \
+        "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),       \
+        "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])        \
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc))
+
+#define NVFP4_WGMMA_RS_N128(TY)                                                                                       \
+  asm volatile(                                                                                                       \
+      "{ .reg .pred p; setp.ne.b32 p, 1, 0;\n"                                                                        \
+      "wgmma.mma_async.sync.aligned.m64n128k16.f32." TY "." TY "\n"                                                   \
+      "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,"                                                       \
+      "%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31,"                                              \
+      "%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47,"                                              \
+      "%48,%49,%50,%51,%52,%53,%54,%55,%56,%57,%58,%59,%60,%61,%62,%63},"                                             \
+      "{%64,%65,%66,%67}, %68, p, 1, 1, 0; }\n"                                                                       \
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),               \
+        "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),         \
+        "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),       \
+        "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),       \
+        "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),       \
+        "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),       \
+        "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),       \
+        "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])        \
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc))
+
+// D[64 x N] += A (this thread's mma A fragment of its warp's 16 rows) * B (descriptor), accumulate always.
+template <typename T, int N>
+__device__ __forceinline__ void wgmma_rs(float (&d)[N / 2], const uint32_t (&a)[4], uint64_t desc) {
+#if NVFP4_HAS_WGMMA
+  constexpr bool kBf16 = std::is_same_v<T, __nv_bfloat16>;
+  if constexpr (N == 64) {
+    if constexpr (kBf16) NVFP4_WGMMA_RS_N64("bf16"); else NVFP4_WGMMA_RS_N64("f16");
+  } else {
+    static_assert(N == 128, "instantiated widths: 64, 128");
+    if constexpr (kBf16) NVFP4_WGMMA_RS_N128("bf16"); else NVFP4_WGMMA_RS_N128("f16");
+  }
+#endif
+}
+
+#undef NVFP4_WGMMA_RS_N64
+#undef NVFP4_WGMMA_RS_N128
+
+}  // namespace nvfp4
