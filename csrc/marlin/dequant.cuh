@@ -72,12 +72,16 @@ __device__ __forceinline__ uint32_t nibble_pair(uint32_t q) {
   return (q & 0x80008000u) | ((q & 0x70007000u) >> Dtype<T>::kNibbleShift);
 }
 
-// Scale code in byte BYTE of `word`, decoded into both halves of a T pair (s * 2^119 or s * 2^7).
+// Scale code in byte `byte` of `word`, decoded into both halves of a T pair (s * 2^119 or s * 2^7).
+template <typename T>
+__device__ __forceinline__ uint32_t scale_pair_at(uint32_t word, uint32_t byte) {
+  // prmt selector: bytes [byte, zero, byte, zero] (selector 4 picks byte 0 of the zero operand).
+  const uint32_t code2 = __byte_perm(word, 0u, 0x4040u | byte | (byte << 8));
+  return code2 * Dtype<T>::kScaleMul + Dtype<T>::kScaleAdd;
+}
 template <typename T, int BYTE>
 __device__ __forceinline__ uint32_t scale_pair(uint32_t word) {
-  // prmt selector: bytes [BYTE, zero, BYTE, zero] (selector 4 picks byte 0 of the zero operand).
-  const uint32_t code2 = __byte_perm(word, 0u, 0x4040u | BYTE | (BYTE << 8));
-  return code2 * Dtype<T>::kScaleMul + Dtype<T>::kScaleAdd;
+  return scale_pair_at<T>(word, BYTE);
 }
 
 // One int32 of the weight layout (fragment values v0..v7 in nibble order 0,2,4,6,1,3,5,7) times its two

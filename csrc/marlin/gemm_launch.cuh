@@ -26,10 +26,12 @@ using ConfigLarge = GemmConfig<4, 2, 256, 64, 4, 256, 1>;
 // Decode (gemv_kernel.cuh): 8-row tiles, 8 warps = 2 (n) x 4 (k), 6 k16 steps of loads in flight per warp.
 using ConfigGemv8 = GemvConfig<2, 4, 6, 2>;
 constexpr int kGemvMinStepsPerWarp = 4;  // split K no finer than this many k16 steps per warp
-// Hopper warpgroup MMA (wgmma_kernel.cuh): WgmmaConfig<NTOK rows of x, FRAGS, warpgroups, STAGES>.
-// wg64: 64 rows x 512 columns (a warp dequantizes 64 columns per k16 step); wg128: 128 x 256 (32 columns).
-using ConfigWg64 = WgmmaConfig<64, 4, 2, 5>;
-using ConfigWg128 = WgmmaConfig<128, 2, 2, 5>;
+// Hopper warpgroup MMA (wgmma_kernel.cuh): WgmmaConfig<NTOK rows of x, FRAGS, warpgroups, STAGES, MIN_BLOCKS>,
+// named rows x columns of the CTA tile; a warp dequantizes 16 * FRAGS columns per k16 step.
+using ConfigWg64x512 = WgmmaConfig<64, 4, 2, 5, 1>;
+using ConfigWg64x256 = WgmmaConfig<64, 2, 2, 4, 2>;
+using ConfigWg128x256 = WgmmaConfig<128, 2, 2, 5, 1>;
+using ConfigWg256x128 = WgmmaConfig<256, 1, 2, 4, 1>;
 
 constexpr int kMaxDevices = 64;
 constexpr int kMaxSplits = 32;
@@ -166,8 +168,10 @@ void launch_marlin_gemm(const at::Tensor& x, const at::Tensor& qweight, const at
     case 2: launch_with_config<T, ConfigM64>(p, device); break;
     case 3: launch_with_config<T, ConfigLarge>(p, device); break;
     case 4: launch_gemv_with_config<T, ConfigGemv8>(p, device); break;
-    case 5: launch_wgmma_with_config<T, ConfigWg64>(p, device); break;
-    case 6: launch_wgmma_with_config<T, ConfigWg128>(p, device); break;
+    case 5: launch_wgmma_with_config<T, ConfigWg64x512>(p, device); break;
+    case 6: launch_wgmma_with_config<T, ConfigWg64x256>(p, device); break;
+    case 7: launch_wgmma_with_config<T, ConfigWg128x256>(p, device); break;
+    case 8: launch_wgmma_with_config<T, ConfigWg256x128>(p, device); break;
     default: TORCH_CHECK(false, "nvfp4_C::marlin_gemm: no tile config ", config);
   }
 }

@@ -23,14 +23,14 @@
 
 namespace nvfp4 {
 
-template <int NTOK_, int FRAGS_, int WG_, int STAGES_>
+template <int NTOK_, int FRAGS_, int WG_, int STAGES_, int MIN_BLOCKS_>
 struct WgmmaConfig {
   static constexpr int NTOK = NTOK_;      // rows of x per tile = wgmma N
   static constexpr int FRAGS = FRAGS_;    // m16 weight fragments (int32 of the layout) per warp per k16 step
   static constexpr int WG = WG_;          // warpgroups per CTA
   static constexpr int STAGES = STAGES_;  // pipeline stages (k-tiles of 64)
   static constexpr int THREADS = 128 * WG;
-  static constexpr int MIN_BLOCKS = 1;
+  static constexpr int MIN_BLOCKS = MIN_BLOCKS_;  // resident CTAs per SM the registers must allow
   static constexpr int ROWS = NTOK;
   static constexpr int TN = WG * FRAGS * 64;
   static constexpr int TK = 64;  // one 128-byte swizzle row of 16-bit activations
@@ -39,36 +39,35 @@ struct WgmmaConfig {
   static constexpr int A_BYTES = NTOK * TK * 2;
   static constexpr int B_BYTES = K16 * TN * 8;
   static constexpr int S_BYTES = K16 * TN;
-  static constexpr int STAGE_BYTES = A_BYTES + B_BYTES + S_BYTES;
+  static constexpr int STAGE_BYTES = (A_BYTES + B_BYTES + S_BYTES + 1023) / 1024 * 1024;  // swizzle-atom aligned
   static constexpr int C_STRIDE = TN + 8;
   static constexpr int C_BYTES = ROWS * C_STRIDE * 4;
   static constexpr int PIPE_BYTES = STAGES * STAGE_BYTES;
   // + 1024: the dynamic shared memory is aligned up to the swizzle atom inside the kernel.
   static constexpr int SMEM_BYTES = (PIPE_BYTES > C_BYTES ? PIPE_BYTES : C_BYTES) + 1024;
-  static_assert(FRAGS == 2 || FRAGS == 4, "a warp dequantizes 8 or 16 bytes of its layout chunk");
-  static_assert(NTOK == 64 || NTOK == 128, "wgmma widths instantiated in wgmma.cuh");
-  static_assert(STAGE_BYTES % 1024 == 0, "every stage's activation tile starts on a 1024-byte swizzle atom");
+  static_assert(FRAGS == 1 || FRAGS == 2 || FRAGS == 4, "a warp dequantizes 4, 8 or 16 bytes of its layout chunk");
+  static_assert(NTOK == 64 || NTOK == 128 || NTOK == 256, "wgmma widths instantiated in wgmma.cuh");
   static_assert((NTOK * 8) % THREADS == 0, "whole activation loader rounds");
   static_assert(STAGES >= 3, "one stage computed, one draining, at least one in flight");
 };
 
-// FRAGS int32 of the layout (fragments of 16 weight columns each) and their scale codes (2 bytes per fragment,
-// FRAGS / 2 words) -> the wgmma A fragments: rows = columns 16j + lane/4 and +8, k as the mma A fragment.
+// FRAGS int32 of the layout (m16 fragments of 16 weight columns each) and their scale codes (2 bytes per
+// fragment: words sc[f / 2], starting at byte `byte0` of sc[0] when FRAGS == 1) -> the wgmma A fragments:
+// rows = columns 16f + lane/4 and +8, k as the mma A fragment.
 template <typename T, int FRAGS>
-__device__ __forceinline__ void dequant_a_fragments(const uint32_t (&q)[FRAGS], const uint32_t (&sc)[FRAGS / 2],
-                                                    uint32_t (&a)[FRAGS][4]) {
+__device__ __forceinline__ void dequant_a_fragments(const uint32_t (&q)[FRAGS], const uint32_t (&sc)[(FRAGS + 1) / 2],
+                                                    uint32_t byte0, uint32_t (&a)[FRAGS][4]) {
 #pragma unroll
-  for (int w = 0; w < FRAGS / 2; ++w) {
+  for (int f = 0; f < FRAGS; ++f) {
+    const uint32_t byte = FRAGS == 1 ? byte0 : 2 * (f % 2);
     uint32_t lo[2], hi[2];
-    dequant_int32<T>(q[2 * w], scale_pair<T, 0>(sc[w]), scale_pair<T, 1>(sc[w]), lo, hi);
-    a[2 * w][0] = lo[0], a[2 * w][1] = hi[0], a[2 * w][2] = lo[1], a[2 * w][3] = hi[1];
-    dequant_int32<T>(q[2 * w + 1], scale_pair<T, 2>(sc[w]), scale_pair<T, 3>(sc[w]), lo, hi);
-    a[2 * w + 1][0] = lo[0], a[2 * w + 1][1] = hi[0], a[2 * w + 1][2] = lo[1], a[2 * w + 1][3] = hi[1];
+    dequant_int32<T>(q[f], scale_pair_at<T>(sc[f / 2], byte), scale_pair_at<T>(sc[f / 2], byte + 1), lo, hi);
+    a[f][0] = lo[0], a[f][1] = hi[0], a[f][2] = lo[1], a[f][3] = hi[1];
   }
 }
 
 template <typename T, class Cfg>
-__global__ void __launch_bounds__(Cfg::THREADS, 1) marlin_wgmma_kernel(const MarlinGemmParams p) {
+__global__ void __launch_bounds__(Cfg::THREADS, Cfg::MIN_BLOCKS) marlin_wgmma_kernel(const MarlinGemmParams p) {
 #if NVFP4_HAS_WGMMA
   extern __shared__ __align__(16) uint8_t smem_raw[];
   uint8_t* smem = smem_raw + ((1024 - (smem_addr(smem_raw) & 1023)) & 1023);
@@ -117,6 +116,8 @@ __global__ void __launch_bounds__(Cfg::THREADS, 1) marlin_wgmma_kernel(const Mar
   // This warp's weights: layout tile `tile` (of the CTA's TN / 64) and its int32 `first` .. first + FRAGS - 1.
   const int tile = wg * Cfg::FRAGS + wi / Cfg::WARPS_PER_TILE64;
   const int first = (wi % Cfg::WARPS_PER_TILE64) * Cfg::FRAGS;
+  const uint32_t scale_byte0 = Cfg::FRAGS == 1 ? 2 * (first % 2) : 0;  // its scale codes in the loaded word
+  uint32_t a_running[Cfg::FRAGS][4] = {};  // A fragments of the MMAs in flight (see fence_fragment)
 
   float acc[Cfg::FRAGS][Cfg::NTOK / 2];
 #pragma unroll
@@ -131,18 +132,22 @@ __global__ void __launch_bounds__(Cfg::THREADS, 1) marlin_wgmma_kernel(const Mar
     const uint32_t x_tile = smem_addr(base);
     const uint32_t* b_sh = reinterpret_cast<const uint32_t*>(base + Cfg::A_BYTES);
     const uint8_t* s_sh = base + Cfg::A_BYTES + Cfg::B_BYTES;
-    uint32_t q[2][Cfg::FRAGS], sc[2][Cfg::FRAGS / 2];
+    // Fragments of step kk + 1 are loaded from shared memory before step kk is dequantized.
+    uint32_t q[2][Cfg::FRAGS], sc[2][(Cfg::FRAGS + 1) / 2];
     auto load_frags = [&](int buf, int kk) {
       const uint32_t* bw = b_sh + kk * (Cfg::TN * 2) + tile * 128 + lane * 4 + first;
-      const uint8_t* sw = s_sh + kk * Cfg::TN + tile * 64 + (lane >> 2) * 8 + first * 2;
+      const uint8_t* sw = s_sh + kk * Cfg::TN + tile * 64 + (lane >> 2) * 8 + (first / 2) * 4;
       if constexpr (Cfg::FRAGS == 4) {
         const uint4 v = *reinterpret_cast<const uint4*>(bw);
         q[buf][0] = v.x, q[buf][1] = v.y, q[buf][2] = v.z, q[buf][3] = v.w;
         const uint2 s = *reinterpret_cast<const uint2*>(sw);
         sc[buf][0] = s.x, sc[buf][1] = s.y;
-      } else {
+      } else if constexpr (Cfg::FRAGS == 2) {
         const uint2 v = *reinterpret_cast<const uint2*>(bw);
         q[buf][0] = v.x, q[buf][1] = v.y;
+        sc[buf][0] = *reinterpret_cast<const uint32_t*>(sw);
+      } else {
+        q[buf][0] = *bw;
         sc[buf][0] = *reinterpret_cast<const uint32_t*>(sw);
       }
     };
@@ -151,13 +156,19 @@ __global__ void __launch_bounds__(Cfg::THREADS, 1) marlin_wgmma_kernel(const Mar
     for (int kk = 0; kk < Cfg::K16; ++kk) {
       if (kk + 1 < Cfg::K16) load_frags((kk + 1) & 1, kk + 1);
       uint32_t a[Cfg::FRAGS][4];
-      dequant_a_fragments<T, Cfg::FRAGS>(q[kk & 1], sc[kk & 1], a);
+      dequant_a_fragments<T, Cfg::FRAGS>(q[kk & 1], sc[kk & 1], scale_byte0, a);
       wgmma_fence();
       const uint64_t desc = sw128_kmajor_desc(x_tile + kk * 32);
 #pragma unroll
       for (int j = 0; j < Cfg::FRAGS; ++j) wgmma_rs<T, Cfg::NTOK>(acc[j], a[j], desc);
       wgmma_commit();
-      wgmma_wait<1>();  // the previous step's group is done: its A registers and its stage are free
+      wgmma_wait<1>();  // the previous step's MMAs are done: its A registers and (at kk = 0) its stage are free
+#pragma unroll
+      for (int j = 0; j < Cfg::FRAGS; ++j) {
+        fence_fragment(a_running[j]);  // retired only now: its registers were not reused before the wait
+#pragma unroll
+        for (int r = 0; r < 4; ++r) a_running[j][r] = a[j][r];
+      }
     }
   };
 
@@ -179,7 +190,10 @@ __global__ void __launch_bounds__(Cfg::THREADS, 1) marlin_wgmma_kernel(const Mar
   }
   wgmma_wait<0>();
 #pragma unroll
-  for (int j = 0; j < Cfg::FRAGS; ++j) fence_accumulators(acc[j]);
+  for (int j = 0; j < Cfg::FRAGS; ++j) {
+    fence_fragment(a_running[j]);
+    fence_accumulators(acc[j]);
+  }
   cp_async_wait<0>();
   __syncthreads();
 

@@ -149,7 +149,8 @@ def test_gemm_matches_fp32_reference(m, n, k, dtype, with_bias):
     assert rel_err(out, ref) < 1e-2
 
 
-CONFIG_NAMES = ["m16", "m32", "m64", "large", "gemv8", "wg64", "wg128"]  # nvfp4_C.marlin_gemm_configs()
+# nvfp4_C.marlin_gemm_configs()
+CONFIG_NAMES = ["m16", "m32", "m64", "large", "gemv8", "wg64x512", "wg64x256", "wg128x256", "wg256x128"]
 CONFIGS = range(len(CONFIG_NAMES))
 
 
@@ -215,8 +216,8 @@ def test_gemv_config_on_decode_shapes(dtype, m, n, k):
     assert rel_err(out, reference_gemm(x, w, sf, gs, bias)) < 1e-2
 
 
-@pytest.mark.parametrize("config,m,k", [(GEMV8, 4, 14336), (5, 200, 8192), (6, 200, 8192)],
-                         ids=["gemv8", "wg64", "wg128"])
+@pytest.mark.parametrize("config,m,k", [(GEMV8, 4, 14336), *((i, 200, 8192) for i in range(5, len(CONFIG_NAMES)))],
+                         ids=CONFIG_NAMES[4:])
 def test_config_deterministic_under_cuda_graph_replay(config, m, k):
     """The decode and wgmma kernels (split-K with atomic tile counters) replay bit-identically in a CUDA graph."""
     n = 4096
@@ -240,7 +241,8 @@ def test_config_deterministic_under_cuda_graph_replay(config, m, k):
     assert rel_err(eager, reference_gemm(static_x, w, sf, gs)) < 1e-2
 
 
-WGMMA = {"wg64": 5, "wg128": 6}  # the Hopper warpgroup-MMA kernel (csrc/marlin/wgmma_kernel.cuh)
+# The Hopper warpgroup-MMA kernel (csrc/marlin/wgmma_kernel.cuh)
+WGMMA = {name: i for i, name in enumerate(CONFIG_NAMES) if name.startswith("wg")}
 
 
 @pytest.mark.parametrize("config", WGMMA.values(), ids=WGMMA.keys())
