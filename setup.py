@@ -5,7 +5,7 @@ torch, no toolkit, or NVFP4_COMPILE_SKIP_CUDA=1) the package installs without it
 reference kernel. Install with `pip install --no-build-isolation -e .` so the build sees the installed torch.
 
     NVFP4_COMPILE_SKIP_CUDA=1      never build the extension
-    NVFP4_COMPILE_SM80=1           also emit sm_80 code (doubles the build time; the kernels use only sm_80 PTX)
+    NVFP4_COMPILE_SM80=1           also emit sm_80 code (doubles the build time; the wgmma configs stay Hopper-only)
     MAX_JOBS                       parallel compile jobs (default: all cores)
 """
 from __future__ import annotations

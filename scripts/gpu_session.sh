@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One device call: build, then the chosen steps (default: tests decode), logs under $OUT, rows printed as measured.
-#   bash scripts/gpu_session.sh [tests] [decode] [e2e] [e2e-batches]
-#   tests        GPU tests of the kernels, passes and the compiled CUDA models (~2 min)
+#   bash scripts/gpu_session.sh [tests] [gemm] [decode] [moe] [e2e] [e2e-batches]
+#   tests        GPU tests of the kernels, passes and the compiled CUDA models (~2 min), SASS register-hazard check
+#   gemm         the dense GEMM table (benchmarks/bench_gemm.py): marlin, auto, cuBLAS, floor at M = 1 .. 4096
 #   decode       every GEMM tactic on the Llama-3-8B decode GEMMs (q/k/v and gate/up merged), M = 1, 8, 16, 32
 #   e2e          32-layer end-to-end benchmark: decode b = 1, prefill 2048, memory, closeness (~6.5 min)
 #   e2e-batches  the same model, decode b = 8 and 32 with release_source_weights (~4 min)
@@ -21,6 +22,13 @@ if [[ " $steps " == *" tests "* ]]; then
     tests/passes/test_merge_siblings.py "tests/backend/test_models.py::test_transformers_decode_steps_update_the_static_kv_cache" \
     > "$OUT/tests.log" 2>&1
   echo "tests rc=$? $(( $(date +%s) - t )) s"; tail -1 "$OUT/tests.log"; grep -E "^FAILED|^ERROR" "$OUT/tests.log" | head
+  python3 benchmarks/sass_stats.py > "$OUT/sass_stats.log" 2>&1
+  echo "sass_stats rc=$? (1: a wgmma register hazard)"; grep -c "register_hazards=0" "$OUT/sass_stats.log"
+fi
+if [[ " $steps " == *" gemm "* ]]; then
+  t=$(date +%s)
+  timeout 300 python3 benchmarks/bench_gemm.py --csv "$OUT/bench.csv" > "$OUT/bench_gemm.log" 2>&1
+  echo "bench_gemm rc=$? $(( $(date +%s) - t )) s"; grep -vE "^wrote" "$OUT/bench_gemm.log" | tail -42
 fi
 if [[ " $steps " == *" decode "* ]]; then
   t=$(date +%s)

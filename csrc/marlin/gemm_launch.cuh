@@ -160,8 +160,13 @@ void launch_marlin_gemm(const at::Tensor& x, const at::Tensor& qweight, const at
   p.k_pad = static_cast<int>(k_pad);
   const int device = x.get_device();
   // config >= 0 forces a tile config (indices as marlin.h's marlin_gemm_config_names()); -1 picks by M: the
-  // decode kernel up to 8 rows (H200: 53 vs 72 us on 8192x28672 at M = 1, docs/kernels.md), then the tiles.
-  if (config < 0) config = p.m <= 8 ? 4 : p.m <= 16 ? 0 : p.m <= 32 ? 1 : p.m <= 64 ? 2 : 3;
+  // decode kernel up to 8 rows (H200: 53 vs 72 us on 8192x28672 at M = 1, docs/kernels.md), then the mma.sync
+  // tiles up to 64 rows, then on Hopper the wgmma kernel (H200, M = 256: 78 vs 137 us on 8192x8192), else the
+  // 128 x 256 mma.sync tile.
+  if (config < 0) {
+    const bool hopper = sm_major(device) == 9;
+    config = p.m <= 8 ? 4 : p.m <= 16 ? 0 : p.m <= 32 ? 1 : p.m <= 64 ? 2 : !hopper ? 3 : p.m <= 128 ? 7 : 8;
+  }
   switch (config) {
     case 0: launch_with_config<T, ConfigM16>(p, device); break;
     case 1: launch_with_config<T, ConfigM32>(p, device); break;
