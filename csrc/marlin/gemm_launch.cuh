@@ -32,6 +32,10 @@ using ConfigWg64x512 = WgmmaConfig<64, 4, 2, 5, 1>;
 using ConfigWg64x256 = WgmmaConfig<64, 2, 2, 4, 2>;
 using ConfigWg128x256 = WgmmaConfig<128, 2, 2, 5, 1>;
 using ConfigWg256x128 = WgmmaConfig<256, 1, 2, 4, 1>;
+// 4 warpgroups of one fragment each: the same tile area per dequantized weight as 2 x 2 fragments, with half
+// the accumulators per thread, so 16 warps per SM hide the dequantization latency.
+using ConfigWg64x256w4 = WgmmaConfig<64, 1, 4, 4, 2>;
+using ConfigWg128x256w4 = WgmmaConfig<128, 1, 4, 5, 1>;
 
 constexpr int kMaxDevices = 64;
 constexpr int kMaxSplits = 32;
@@ -177,6 +181,8 @@ void launch_marlin_gemm(const at::Tensor& x, const at::Tensor& qweight, const at
     case 6: launch_wgmma_with_config<T, ConfigWg64x256>(p, device); break;
     case 7: launch_wgmma_with_config<T, ConfigWg128x256>(p, device); break;
     case 8: launch_wgmma_with_config<T, ConfigWg256x128>(p, device); break;
+    case 9: launch_wgmma_with_config<T, ConfigWg64x256w4>(p, device); break;
+    case 10: launch_wgmma_with_config<T, ConfigWg128x256w4>(p, device); break;
     default: TORCH_CHECK(false, "nvfp4_C::marlin_gemm: no tile config ", config);
   }
 }
