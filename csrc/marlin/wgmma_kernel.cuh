@@ -129,7 +129,8 @@ __global__ void __launch_bounds__(Cfg::THREADS, Cfg::MIN_BLOCKS) marlin_wgmma_ke
 
   auto compute_stage = [&](int stage) {
     const uint8_t* base = smem + stage * Cfg::STAGE_BYTES;
-    const uint32_t x_tile = smem_addr(base);
+    // Activation descriptor of k16 step kk: the start address field (bytes / 16) advanced by 32 bytes per step.
+    const uint64_t x_desc = sw128_kmajor_desc(smem_addr(base));
     const uint32_t* b_sh = reinterpret_cast<const uint32_t*>(base + Cfg::A_BYTES);
     const uint8_t* s_sh = base + Cfg::A_BYTES + Cfg::B_BYTES;
     // Fragments of step kk + 1 are loaded from shared memory before step kk is dequantized.
@@ -158,7 +159,7 @@ __global__ void __launch_bounds__(Cfg::THREADS, Cfg::MIN_BLOCKS) marlin_wgmma_ke
       uint32_t a[Cfg::FRAGS][4];
       dequant_a_fragments<T, Cfg::FRAGS>(q[kk & 1], sc[kk & 1], scale_byte0, a);
       wgmma_fence();
-      const uint64_t desc = sw128_kmajor_desc(x_tile + kk * 32);
+      const uint64_t desc = x_desc + 2 * kk;
 #pragma unroll
       for (int j = 0; j < Cfg::FRAGS; ++j) wgmma_rs<T, Cfg::NTOK>(acc[j], a[j], desc);
       wgmma_commit();
