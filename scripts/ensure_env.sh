@@ -20,3 +20,9 @@ links=(); [ -d .wheels ] && links=(--find-links .wheels)
 for spec in "safetensors>=0.4:safetensors" "pytest>=7:pytest" "expecttest>=0.2:expecttest" "transformers>=5:transformers"; do
   "$PY" -c "import ${spec##*:}" 2>/dev/null || "$PY" -m pip install -q "${links[@]}" "${spec%%:*}"
 done
+# With nvcc present, the SASS check of the wgmma kernels (tests/test_wgmma_sass.py) needs a disassembler: the
+# 5 MB nvidia-cuda-nvdisasm wheel when neither nvdisasm nor cuobjdump is there (best effort: offline, it skips).
+if command -v nvcc >/dev/null && ! command -v nvdisasm >/dev/null && ! command -v cuobjdump >/dev/null \
+   && ! "$PY" -c "import importlib.util as u, os, sys; s = u.find_spec('nvidia'); sys.exit(0 if s and any(os.path.exists(os.path.join(b, 'cu13', 'bin', 'nvdisasm')) for b in s.submodule_search_locations) else 1)" 2>/dev/null; then
+  "$PY" -m pip install -q "nvidia-cuda-nvdisasm>=13" 2>/dev/null || echo "ensure_env: nvidia-cuda-nvdisasm not installed (offline?); the SASS check will skip"
+fi

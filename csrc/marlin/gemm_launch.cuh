@@ -9,33 +9,9 @@
 #include <array>
 #include <optional>
 
-#include "gemm_kernel.cuh"
-#include "gemv_kernel.cuh"
-#include "wgmma_kernel.cuh"
+#include "configs.cuh"
 
 namespace nvfp4 {
-
-// Config by M (docs/kernels.md): GemmConfig<MB per warp, WARPS_M, TN, TK, STAGES, THREADS, MIN_BLOCKS>.
-// M <= 64: 8-warp CTAs of 16/32/64 x 128, warps split 2 (n) x 4 (k), split-K fills the GPU (measured faster
-// than 4-warp CTAs at 4 CTAs/SM, docs/kernels.md). M > 64: 128 x 256 tiles, 8 warps of 64 x 64 over the
-// whole k-tile (no cross-warp reduction), so each weight byte feeds 8 m16 blocks.
-using ConfigM16 = GemmConfig<1, 1, 128, 128, 4, 256, 2>;
-using ConfigM32 = GemmConfig<2, 1, 128, 128, 4, 256, 2>;
-using ConfigM64 = GemmConfig<4, 1, 128, 128, 4, 256, 1>;
-using ConfigLarge = GemmConfig<4, 2, 256, 64, 4, 256, 1>;
-// Decode (gemv_kernel.cuh): 8-row tiles, 8 warps = 2 (n) x 4 (k), 6 k16 steps of loads in flight per warp.
-using ConfigGemv8 = GemvConfig<2, 4, 6, 2>;
-constexpr int kGemvMinStepsPerWarp = 4;  // split K no finer than this many k16 steps per warp
-// Hopper warpgroup MMA (wgmma_kernel.cuh): WgmmaConfig<NTOK rows of x, FRAGS, warpgroups, STAGES, MIN_BLOCKS>,
-// named rows x columns of the CTA tile; a warp dequantizes 16 * FRAGS columns per k16 step.
-using ConfigWg64x512 = WgmmaConfig<64, 4, 2, 5, 1>;
-using ConfigWg64x256 = WgmmaConfig<64, 2, 2, 4, 2>;
-using ConfigWg128x256 = WgmmaConfig<128, 2, 2, 5, 1>;
-using ConfigWg256x128 = WgmmaConfig<256, 1, 2, 4, 1>;
-// 4 warpgroups of one fragment each: the same tile area per dequantized weight as 2 x 2 fragments, with half
-// the accumulators per thread, so 16 warps per SM hide the dequantization latency.
-using ConfigWg64x256w4 = WgmmaConfig<64, 1, 4, 4, 2>;
-using ConfigWg128x256w4 = WgmmaConfig<128, 1, 4, 5, 1>;
 
 constexpr int kMaxDevices = 64;
 constexpr int kMaxSplits = 32;

@@ -1,0 +1,99 @@
+"""The wgmma kernels' register-hazard check (benchmarks/sass_stats.py, docs/kernels.md "Hopper wgmma kernel").
+
+An HGMMA reads its A fragment from registers until a WARPGROUP.DEPBAR retires its group; the compiler does not
+extend that lifetime by itself, and a kernel variant once had those registers overwritten across a loop's back
+edge (silent wrong results that depend on timing). The check runs on SASS, so it needs no GPU: these tests
+compile every wgmma config of csrc/marlin/configs.cuh for sm_90a with nvcc (skipped without nvcc or a
+disassembler: nvdisasm, e.g. from the nvidia-cuda-nvdisasm wheel, or cuobjdump) and check the result, and test
+the checker itself on hand-written SASS.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+import sass_stats  # noqa: E402
+
+
+def loop(*body: str) -> str:
+    """A kernel body in nvdisasm's format: a label, the instructions, a branch back to the label."""
+    lines = [".L_x_1:"] + [f"        /*{16 * i:04x}*/                   {ins} ;" for i, ins in enumerate(body)]
+    lines.append(f"        /*{16 * len(body):04x}*/              @!P1 BRA `(.L_x_1) ;")
+    return "\n".join(lines)
+
+
+ISSUE = ("WARPGROUP.ARRIVE", "HGMMA.64x128x16.F32.BF16 R24, R152, gdesc[UR4], R24, gsb0")
+
+
+def test_checker_flags_a_write_to_a_fragment_still_being_read():
+    # The group issued at the end of the loop is still running (DEPBAR keeps 1 pending) when the next iteration
+    # writes R153, one of its A registers.
+    body = loop("IADD3 R153, R1, R2, RZ", "LDS R160, [R3]", *ISSUE, "WARPGROUP.DEPBAR.LE gsb0, 0x1")
+    hazards = sass_stats.wgmma_hazards(body)
+    assert hazards and "IADD3 R153" in hazards[0]
+
+
+def test_checker_accepts_writes_after_the_group_retires():
+    body = loop("WARPGROUP.DEPBAR.LE gsb0, 0x0", "IADD3 R153, R1, R2, RZ", *ISSUE, "WARPGROUP.DEPBAR.LE gsb0, 0x1")
+    assert sass_stats.wgmma_hazards(body) == []
+    # A 128-bit load into R148..R151 ends just below the fragment R152..R155.
+    body = loop("LDS.128 R148, [R3]", *ISSUE, "WARPGROUP.DEPBAR.LE gsb0, 0x1")
+    assert sass_stats.wgmma_hazards(body) == []
+    body = loop("LDS.128 R150, [R3]", *ISSUE, "WARPGROUP.DEPBAR.LE gsb0, 0x1")
+    assert len(sass_stats.wgmma_hazards(body)) == 1
+
+
+def disassembler() -> list[str] | None:
+    """nvdisasm (PATH or the nvidia-cuda-nvdisasm wheel) or cuobjdump, as a command prefix for a cubin."""
+    found = shutil.which("nvdisasm")
+    if found is None and importlib.util.find_spec("nvidia") is not None:
+        for base in importlib.util.find_spec("nvidia").submodule_search_locations or []:
+            for sub in ("cu13", "cuda_nvdisasm"):
+                candidate = os.path.join(base, sub, "bin", "nvdisasm")
+                if os.path.exists(candidate):
+                    found = candidate
+    if found:
+        return [found, "-c"]
+    cuobjdump = shutil.which("cuobjdump")
+    return [cuobjdump, "-sass"] if cuobjdump else None
+
+
+def wgmma_config_names() -> list[str]:
+    text = open(os.path.join(ROOT, "csrc", "marlin", "configs.cuh")).read()
+    return re.findall(r"using (ConfigWg\w+) = WgmmaConfig<", text)
+
+
+@pytest.mark.slow
+def test_compiled_wgmma_kernels_have_no_register_hazards(tmp_path):
+    nvcc, disasm = shutil.which("nvcc"), disassembler()
+    if nvcc is None or disasm is None:
+        pytest.skip("needs nvcc and nvdisasm or cuobjdump")
+    configs = wgmma_config_names()
+    assert len(configs) >= 4
+    source = ['#include "marlin/configs.cuh"', "namespace nvfp4 {"]
+    for cfg in configs:
+        for dtype in ("__nv_bfloat16", "__half"):
+            source.append(f"template __global__ void marlin_wgmma_kernel<{dtype}, {cfg}>(const MarlinGemmParams);")
+    source.append("}  // namespace nvfp4")
+    (tmp_path / "wgmma_configs.cu").write_text("\n".join(source) + "\n")
+    # The flags of setup.py and torch's CUDAExtension that shape the device code.
+    flags = ["-cubin", "-arch=sm_90a", "-O3", "-std=c++17", "--expt-relaxed-constexpr",
+             "-D__CUDA_NO_HALF_OPERATORS__", "-D__CUDA_NO_HALF_CONVERSIONS__", "-D__CUDA_NO_BFLOAT16_CONVERSIONS__",
+             "-D__CUDA_NO_HALF2_OPERATORS__", f"-I{os.path.join(ROOT, 'csrc')}"]
+    cubin = tmp_path / "wgmma_configs.cubin"
+    subprocess.run([nvcc, *flags, "-o", str(cubin), str(tmp_path / "wgmma_configs.cu")], check=True,
+                   capture_output=True, text=True)
+    sass = subprocess.run([*disasm, str(cubin)], check=True, capture_output=True, text=True).stdout
+    kernels = [(name, body) for name, body in sass_stats.kernels(sass) if "marlin_wgmma_kernel" in name]
+    assert len(kernels) == 2 * len(configs)
+    for name, body in kernels:
+        assert "HGMMA" in body, name
+        assert sass_stats.wgmma_hazards(body) == [], name
