@@ -16,23 +16,16 @@ namespace nvfp4 {
 constexpr int kMaxDevices = 64;
 constexpr int kMaxSplits = 32;
 
-inline int sm_count(int device) {
-  static std::array<int, kMaxDevices> count{};
+// A device attribute, read once per (attribute, device); every attribute used here is nonzero.
+template <cudaDeviceAttr kAttr>
+int device_attribute(int device) {
+  static std::array<int, kMaxDevices> value{};
   TORCH_CHECK(device >= 0 && device < kMaxDevices, "nvfp4_C: device index out of range");
-  if (count[device] == 0) {
-    C10_CUDA_CHECK(cudaDeviceGetAttribute(&count[device], cudaDevAttrMultiProcessorCount, device));
-  }
-  return count[device];
+  if (value[device] == 0) C10_CUDA_CHECK(cudaDeviceGetAttribute(&value[device], kAttr, device));
+  return value[device];
 }
-
-inline int sm_major(int device) {
-  static std::array<int, kMaxDevices> major{};
-  TORCH_CHECK(device >= 0 && device < kMaxDevices, "nvfp4_C: device index out of range");
-  if (major[device] == 0) {
-    C10_CUDA_CHECK(cudaDeviceGetAttribute(&major[device], cudaDevAttrComputeCapabilityMajor, device));
-  }
-  return major[device];
-}
+inline int sm_count(int device) { return device_attribute<cudaDevAttrMultiProcessorCount>(device); }
+inline int sm_major(int device) { return device_attribute<cudaDevAttrComputeCapabilityMajor>(device); }
 
 template <auto kKernel, int kThreads, int kSmemBytes>
 int kernel_occupancy(int device) {
