@@ -7,15 +7,17 @@
 // Orientation C^T = W X^T (as the decode kernel): the dequantized weights are the wgmma A operand, straight from
 // registers (the layout's 16-byte lane chunk is already four m16 A fragments: dequant.cuh), and the activation
 // tile is B, read by the tensor cores from shared memory (K-major, 128-byte swizzle). So the tokens are the MMA's
-// N = NTOK (a multiple of 8) and no tensor-core row is wasted on padding at M = 64 or 128.
+// N = NTOK (64, 128 or 256) and no tensor-core row is wasted on padding at M = 64, 128 or 256.
 //
 // CTA: WG warpgroups, each FRAGS m16 fragments x 4 warps = 64 * FRAGS weight columns, all over the same
 // NTOK x K-range activation tile. Pipeline: STAGES k-tiles of 64 (activations, weight tiles and scale codes by
 // cp.async; WeightStageLoader as the mma.sync kernels). Per k16 step a warp loads its weights and scale codes
 // from shared memory, dequantizes them into A fragments, issues FRAGS wgmma (one commit group) and waits for
-// the previous group only, which also frees the A registers it read. The stage loaded next is the one read two
-// stages ago (the previous stage's last group may still be running). The end is the mma.sync kernels':
-// FP32 tile in shared memory, split-K and epilogue (store_tile).
+// the previous group only. The A registers of a running group are kept live (fenced) until that wait: the
+// compiler does not extend their lifetime by itself (benchmarks/sass_stats.py and tests/test_wgmma_sass.py
+// check the SASS). The stage loaded next is the one read two stages ago (the previous stage's last group may
+// still be running). The end is the mma.sync kernels': FP32 tile in shared memory, split-K and epilogue
+// (store_tile).
 #pragma once
 
 #include "gemm_kernel.cuh"
