@@ -17,7 +17,7 @@ def read(name: str) -> str:
 
 
 def test_config_names_match_the_dispatch_and_the_aliases():
-    names_src = re.search(r"marlin_gemm_config_names\(\) \{ return \{(.*?)\}; \}", read("marlin.h"), re.S)
+    names_src = re.search(r"marlin_gemm_config_names\(\)\s*\{\s*return\s*\{(.*?)\};", read("marlin.h"), re.S)
     names = re.findall(r'"(\w+)"', names_src.group(1))
     cases = re.findall(r"case (\d+): launch_(?:\w+_)?with_config<T, (Config\w+)>", read("gemm_launch.cuh"))
     aliases = set(re.findall(r"using (Config\w+) = ", read("configs.cuh")))

@@ -21,8 +21,10 @@ at::Tensor marlin_gemm(const at::Tensor& x, const at::Tensor& qweight, const at:
                        int64_t size_k, int64_t config = -1);
 
 // Names of the tile configs by index, in the order of gemm_launch.cuh's dispatch switch.
-inline std::vector<std::string> marlin_gemm_config_names() { return {"m16", "m32", "m64", "large", "gemv8", "wg64x512", "wg64x256", "wg128x256", "wg256x128", "wg64x256w4",
-                                                                      "wg128x256w4"}; }
+inline std::vector<std::string> marlin_gemm_config_names() {
+  return {"m16", "m32", "m64", "large", "gemv8",
+          "wg64x512", "wg64x256", "wg128x256", "wg256x128", "wg64x256w4", "wg128x256w4"};
+}
 
 // qweight/scales in the Marlin layout, global_scale fp32 [1] or [size_n] (per row) -> dense weight [size_n, size_k] in dtype
 // (bf16/fp16): e2m1 * s_b * global_scale in FP32, rounded once, as formats.marlin.marlin_dequantize
