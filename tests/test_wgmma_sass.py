@@ -97,3 +97,4 @@ def test_compiled_wgmma_kernels_have_no_register_hazards(tmp_path):
     for name, body in kernels:
         assert "HGMMA" in body, name
         assert sass_stats.wgmma_hazards(body) == [], name
+        assert not re.search(r"\b(LDL|STL)\b", body), f"{name} spills to local memory"
