@@ -9,6 +9,7 @@ WARPGROUP.DEPBAR retires its group, and ptxas does not always keep those registe
 that (it reused them across a loop's back edge in an earlier version). The check walks each loop containing
 HGMMAs twice (to model the back edge) and flags any instruction writing a register of a still-running group.
 """
+import argparse
 import collections
 import glob
 import re
@@ -18,9 +19,10 @@ import sys
 INSTR = re.compile(r"^\s+/\*([0-9a-f]{4,})\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Za-z0-9_.]*)\s*(.*)$")
 
 
-def load_sass(args):
-    if "--sass" in args:
-        return open(args[args.index("--sass") + 1]).read()
+def load_sass(path: str | None) -> str:
+    """SASS text: the file at path (nvdisasm -c / cuobjdump -sass output), else cuobjdump of the built extension."""
+    if path:
+        return open(path).read()
     so = sorted(glob.glob("nvfp4_compile/_C*.so"))
     if not so:
         sys.exit("no built extension (nvfp4_compile/_C*.so)")
@@ -80,10 +82,13 @@ def wgmma_hazards(body):
 
 
 def main():
-    args = sys.argv[1:]
-    out_dir = next((a for a in args if not a.startswith("--") and (args.index(a) == 0 or args[args.index(a) - 1] != "--sass")), None)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--sass", help="read SASS from this file instead of the built extension")
+    parser.add_argument("out_dir", nargs="?", help="also write the SASS of the bf16 m16 and large kernels here")
+    args = parser.parse_args()
+    out_dir = args.out_dir
     found = 0
-    for name, body in kernels(load_sass(args)):
+    for name, body in kernels(load_sass(args.sass)):
         if "marlin_gemm_kernel" not in name and "marlin_wgmma_kernel" not in name:
             continue
         ops = collections.Counter(m.group(2).split(".")[0] for m in map(INSTR.match, body.split("\n")) if m)
