@@ -1,17 +1,24 @@
 // nvfp4_C::marlin_gemm: re-checks what the kernel relies on, allocates the output, dispatches by dtype.
 #include <c10/cuda/CUDAGuard.h>
 
+#include <atomic>
+
 #include "marlin.h"
 
 namespace nvfp4 {
 
 namespace {
 
+std::atomic<bool> cluster_split_k{true};
+
 int64_t ceil_to(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 
 bool aligned16(const at::Tensor& t) { return reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0; }
 
 }  // namespace
+
+bool marlin_cluster_split_k(bool enable) { return cluster_split_k.exchange(enable); }
+bool cluster_split_k_enabled() { return cluster_split_k.load(std::memory_order_relaxed); }
 
 at::Tensor marlin_gemm(const at::Tensor& x, const at::Tensor& qweight, const at::Tensor& scales,
                        const at::Tensor& global_scale, const std::optional<at::Tensor>& bias, int64_t size_n,

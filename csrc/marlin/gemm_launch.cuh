@@ -10,6 +10,7 @@
 #include <optional>
 
 #include "configs.cuh"
+#include "marlin.h"
 
 namespace nvfp4 {
 
@@ -46,37 +47,71 @@ int configured_occupancy(int device) {
   return kernel_occupancy<marlin_gemm_kernel<T, Cfg, kMoe>, Cfg::THREADS, Cfg::SMEM_BYTES>(device);
 }
 
-// Split-K sizing and workspace of a launch: K is split only when the tiles that hold work (`busy_tiles`;
-// the grid's tiles for a dense GEMM, a host estimate for MoE) cannot fill every resident-CTA slot, into at most
-// max_splits ranges. The workspace covers every tile of the grid. Counters (zeroed here, reset by the kernel)
-// and FP32 partials come from the caching allocator: stream-ordered, CUDA-graph safe; the caller keeps them
-// alive until the launch is enqueued.
+// Split-K sizing: K is split only when the tiles that hold work (`busy_tiles`; the grid's tiles for a dense
+// GEMM, a host estimate for MoE) cannot fill every resident-CTA slot, into at most max_splits ranges.
+inline int split_count(int64_t busy_tiles, int64_t slots, int max_splits) {
+  if (busy_tiles >= slots) return 1;
+  return std::max(1, static_cast<int>(std::min<int64_t>({slots / busy_tiles, max_splits, kMaxSplits})));
+}
+
+// Workspace of the counter path of split-K (store_tile), covering every tile of the grid. Counters (zeroed
+// here, reset by the kernel) and FP32 partials come from the caching allocator: stream-ordered, CUDA-graph
+// safe; the caller keeps them alive until the launch is enqueued.
 struct SplitKWorkspace {
   at::Tensor counters, partials;
 };
 
-inline SplitKWorkspace plan_split_k(MarlinGemmParams& p, int64_t busy_tiles, int64_t slots, int max_splits,
-                                    int64_t tile_elems, int device, cudaStream_t stream) {
-  int splits = 1;
-  if (busy_tiles < slots) {
-    splits = std::max(1, static_cast<int>(std::min<int64_t>({slots / busy_tiles, max_splits, kMaxSplits})));
-  }
-  p.splits = splits;
+inline SplitKWorkspace split_k_workspace(MarlinGemmParams& p, int64_t tile_elems, int device, cudaStream_t stream) {
   SplitKWorkspace ws;
-  if (splits > 1) {
-    const int64_t tiles = static_cast<int64_t>(p.m_tiles) * p.n_tiles;
-    auto opts = at::TensorOptions().device(at::kCUDA, device);
-    ws.counters = at::empty({tiles}, opts.dtype(at::kInt));
-    C10_CUDA_CHECK(cudaMemsetAsync(ws.counters.data_ptr<int>(), 0, tiles * sizeof(int), stream));
-    ws.partials = at::empty({splits * tiles * tile_elems}, opts.dtype(at::kFloat));
-    p.counters = ws.counters.data_ptr<int>();
-    p.partials = ws.partials.data_ptr<float>();
-  }
+  const int64_t tiles = static_cast<int64_t>(p.m_tiles) * p.n_tiles;
+  auto opts = at::TensorOptions().device(at::kCUDA, device);
+  ws.counters = at::empty({tiles}, opts.dtype(at::kInt));
+  C10_CUDA_CHECK(cudaMemsetAsync(ws.counters.data_ptr<int>(), 0, tiles * sizeof(int), stream));
+  ws.partials = at::empty({p.splits * tiles * tile_elems}, opts.dtype(at::kFloat));
+  p.counters = ws.counters.data_ptr<int>();
+  p.partials = ws.partials.data_ptr<float>();
   return ws;
 }
 
-// One dense launch of kernel kKernel (tiled or decode) with config Cfg: tiles of Cfg::ROWS x Cfg::TN, split-K
-// into at most max_splits ranges when the tiles cannot fill the GPU.
+// Split-K in clusters (store_tile): the `splits` CTAs of a tile form one cluster along the grid's z.
+constexpr int kMaxClusterSplits = 8;  // the portable cluster size
+
+struct ClusterLaunch {
+  cudaLaunchConfig_t config{};
+  cudaLaunchAttribute attribute{};
+  ClusterLaunch(dim3 grid, int threads, int smem_bytes, cudaStream_t stream, int splits) {
+    config.gridDim = grid;
+    config.blockDim = dim3(threads);
+    config.dynamicSmemBytes = smem_bytes;
+    config.stream = stream;
+    attribute.id = cudaLaunchAttributeClusterDimension;
+    attribute.val.clusterDim.x = 1;
+    attribute.val.clusterDim.y = 1;
+    attribute.val.clusterDim.z = splits;
+    config.attrs = &attribute;
+    config.numAttrs = 1;
+  }
+};
+
+// Whether kKernel's splits can run as clusters here: Hopper (the sm_90a build), enabled, at most 8 splits, and
+// the device can hold a cluster of that many CTAs (asked once per kernel, device and size).
+template <auto kKernel, int kThreads, int kSmemBytes>
+bool clusters_fit(int device, int splits) {
+  if (splits < 2 || splits > kMaxClusterSplits || sm_major(device) != 9 || !cluster_split_k_enabled()) return false;
+  static std::array<std::array<int8_t, kMaxClusterSplits + 1>, kMaxDevices> fits{};  // 0 unknown, 1 yes, -1 no
+  int8_t& fit = fits[device][splits];
+  if (fit == 0) {
+    ClusterLaunch launch(dim3(1, 1, splits), kThreads, kSmemBytes, nullptr, splits);
+    int clusters = 0;
+    const bool ok = cudaOccupancyMaxActiveClusters(&clusters, kKernel, &launch.config) == cudaSuccess;
+    (void)cudaGetLastError();  // a refusal is an answer here, not an error for the next call
+    fit = ok && clusters > 0 ? 1 : -1;
+  }
+  return fit > 0;
+}
+
+// One dense launch of kKernel (tiled, decode or wgmma) with config Cfg: tiles of Cfg::ROWS x Cfg::TN, split-K
+// into at most max_splits ranges when the tiles cannot fill the GPU, in clusters where they fit.
 template <auto kKernel, class Cfg>
 void launch_tiles(MarlinGemmParams p, int device, int max_splits) {
   p.m_tiles = (p.m + Cfg::ROWS - 1) / Cfg::ROWS;
@@ -85,9 +120,16 @@ void launch_tiles(MarlinGemmParams p, int device, int max_splits) {
   const int64_t slots = static_cast<int64_t>(sm_count(device)) *
                         kernel_occupancy<kKernel, Cfg::THREADS, Cfg::SMEM_BYTES>(device);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(device);
-  const int64_t tiles = static_cast<int64_t>(p.m_tiles) * p.n_tiles;
-  const SplitKWorkspace ws = plan_split_k(p, tiles, slots, max_splits, Cfg::ROWS * Cfg::TN, device, stream);
+  p.splits = split_count(static_cast<int64_t>(p.m_tiles) * p.n_tiles, slots, max_splits);
+  p.cluster_splits = clusters_fit<kKernel, Cfg::THREADS, Cfg::SMEM_BYTES>(device, p.splits);
   const dim3 grid(p.n_tiles, p.m_tiles, p.splits);
+  if (p.cluster_splits) {
+    const ClusterLaunch launch(grid, Cfg::THREADS, Cfg::SMEM_BYTES, stream, p.splits);
+    C10_CUDA_CHECK(cudaLaunchKernelEx(&launch.config, kKernel, p));
+    return;
+  }
+  SplitKWorkspace ws;
+  if (p.splits > 1) ws = split_k_workspace(p, Cfg::ROWS * Cfg::TN, device, stream);
   kKernel<<<grid, Cfg::THREADS, Cfg::SMEM_BYTES, stream>>>(p);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }

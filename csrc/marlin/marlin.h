@@ -26,6 +26,13 @@ inline std::vector<std::string> marlin_gemm_config_names() {
           "wg64x512", "wg64x256", "wg128x256", "wg256x128", "wg64x256w4", "wg128x256w4"};
 }
 
+// Split-K of the dense GEMM on Hopper: true (default) puts the splits of a tile in one thread-block cluster
+// and adds them through distributed shared memory; false uses the FP32 workspace and arrival counters (the
+// path of other GPUs and of MoE). Same sums in the same order: bit-identical results (tests compare them).
+// Returns the previous setting.
+bool marlin_cluster_split_k(bool enable);
+bool cluster_split_k_enabled();
+
 // qweight/scales in the Marlin layout, global_scale fp32 [1] or [size_n] (per row) -> dense weight [size_n, size_k] in dtype
 // (bf16/fp16): e2m1 * s_b * global_scale in FP32, rounded once, as formats.marlin.marlin_dequantize
 // (dequant_weight.cu; the weight of the dequantize + cuBLAS GEMM tactic). An expert stack [E, ...] with

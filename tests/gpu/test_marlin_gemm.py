@@ -220,7 +220,8 @@ def test_gemv_config_on_decode_shapes(dtype, m, n, k):
 @pytest.mark.parametrize("config,m,k", [(GEMV8, 4, 14336), *((i, 200, 8192) for i in range(5, len(CONFIG_NAMES)))],
                          ids=CONFIG_NAMES[4:])
 def test_config_deterministic_under_cuda_graph_replay(config, m, k):
-    """The decode and wgmma kernels (split-K with atomic tile counters) replay bit-identically in a CUDA graph."""
+    """The decode and wgmma kernels (split-K in clusters or with atomic tile counters) replay bit-identically in a
+    CUDA graph."""
     n = 4096
     w, sf, gs = quantize_nvfp4(torch.randn(n, k, device=DEV))
     q, s = ops.marlin_repack(w, sf)
@@ -240,6 +241,35 @@ def test_config_deterministic_under_cuda_graph_replay(config, m, k):
         torch.cuda.synchronize()
         assert torch.equal(static_out, eager)
     assert rel_err(eager, reference_gemm(static_x, w, sf, gs)) < 1e-2
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=CONFIG_NAMES)
+def test_split_k_in_clusters_is_bit_identical_to_workspace_path(config):
+    """Split-K through thread-block clusters (Hopper default) and through the FP32 workspace + counters give the
+    same bits: same partial sums, added in split order. Shapes give 1 .. 8 splits (clusters) and more (always
+    the workspace path) for every config; both paths also match the FP32 reference."""
+    if torch.cuda.get_device_capability()[0] != 9 and CONFIG_NAMES[config].startswith("wg"):
+        pytest.skip("wgmma configs need Hopper")
+    cases = [(1, 4096, 4096), (3, 6144, 4096), (16, 14336, 2048), (64, 1024, 8192), (200, 4096, 8192),
+             (5, 130, 1856), (1, 192, 14336)]
+    for m, n, k in cases:
+        w, sf = random_fp4(n, k, seed=m + n + k + config, pool=FINITE_E4M3[FINITE_E4M3.float().abs() > 0.5])
+        w, sf = w.to(DEV), sf.to(DEV)
+        q, s = ops.marlin_repack(w, sf)
+        g = torch.Generator(device=DEV).manual_seed(m * 3 + config)
+        x = torch.randn(m, k, device=DEV, generator=g).to(torch.bfloat16)
+        bias = torch.randn(n, device=DEV, generator=g).to(torch.bfloat16)
+        gs = torch.tensor(1e-3, device=DEV)
+        previous = torch.ops.nvfp4_C.marlin_cluster_split_k(True)
+        try:
+            in_clusters, _ = run_gemm(x, q, s, gs, bias, n, k, config=config)
+            torch.ops.nvfp4_C.marlin_cluster_split_k(False)
+            by_workspace, _ = run_gemm(x, q, s, gs, bias, n, k, config=config)
+        finally:
+            torch.ops.nvfp4_C.marlin_cluster_split_k(previous)
+        assert not torch.isnan(in_clusters).any() and not torch.isnan(by_workspace).any(), (m, n, k)
+        assert torch.equal(in_clusters, by_workspace), (m, n, k)
+        assert rel_err(in_clusters, reference_gemm(x, w, sf, gs, bias)) < 1e-2, (m, n, k)
 
 
 # The Hopper warpgroup-MMA kernel (csrc/marlin/wgmma_kernel.cuh)
