@@ -93,21 +93,21 @@ struct ClusterLaunch {
   }
 };
 
-// Whether kKernel's splits can run as clusters here: Hopper (the sm_90a build), enabled, at most 8 splits, and
-// the device can hold a cluster of that many CTAs (asked once per kernel, device and size).
+// How many clusters of `splits` CTAs of kKernel the device holds at once (0: no clusters here: not Hopper, i.e.
+// not the sm_90a build, disabled, or more than 8 splits). Asked once per kernel, device and size.
 template <auto kKernel, int kThreads, int kSmemBytes>
-bool clusters_fit(int device, int splits) {
-  if (splits < 2 || splits > kMaxClusterSplits || sm_major(device) != 9 || !cluster_split_k_enabled()) return false;
-  static std::array<std::array<int8_t, kMaxClusterSplits + 1>, kMaxDevices> fits{};  // 0 unknown, 1 yes, -1 no
-  int8_t& fit = fits[device][splits];
-  if (fit == 0) {
+int resident_clusters(int device, int splits) {
+  if (splits < 2 || splits > kMaxClusterSplits || sm_major(device) != 9 || !cluster_split_k_enabled()) return 0;
+  static std::array<std::array<int, kMaxClusterSplits + 1>, kMaxDevices> resident{};  // -1: none fit
+  int& count = resident[device][splits];
+  if (count == 0) {
     ClusterLaunch launch(dim3(1, 1, splits), kThreads, kSmemBytes, nullptr, splits);
     int clusters = 0;
     const bool ok = cudaOccupancyMaxActiveClusters(&clusters, kKernel, &launch.config) == cudaSuccess;
     (void)cudaGetLastError();  // a refusal is an answer here, not an error for the next call
-    fit = ok && clusters > 0 ? 1 : -1;
+    count = ok && clusters > 0 ? clusters : -1;
   }
-  return fit > 0;
+  return std::max(count, 0);
 }
 
 // One dense launch of kKernel (tiled, decode or wgmma) with config Cfg: tiles of Cfg::ROWS x Cfg::TN, split-K
@@ -120,8 +120,11 @@ void launch_tiles(MarlinGemmParams p, int device, int max_splits) {
   const int64_t slots = static_cast<int64_t>(sm_count(device)) *
                         kernel_occupancy<kKernel, Cfg::THREADS, Cfg::SMEM_BYTES>(device);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(device);
-  p.splits = split_count(static_cast<int64_t>(p.m_tiles) * p.n_tiles, slots, max_splits);
-  p.cluster_splits = clusters_fit<kKernel, Cfg::THREADS, Cfg::SMEM_BYTES>(device, p.splits);
+  const int64_t tiles = static_cast<int64_t>(p.m_tiles) * p.n_tiles;
+  p.splits = split_count(tiles, slots, max_splits);
+  // Clusters only where all of them are resident at once: the split count was sized to fill the slots in one
+  // wave, and clusters that do not fit it would run in a second (H200: 1.4x slower at M = 1, docs/kernels.md).
+  p.cluster_splits = tiles <= resident_clusters<kKernel, Cfg::THREADS, Cfg::SMEM_BYTES>(device, p.splits);
   const dim3 grid(p.n_tiles, p.m_tiles, p.splits);
   if (p.cluster_splits) {
     const ClusterLaunch launch(grid, Cfg::THREADS, Cfg::SMEM_BYTES, stream, p.splits);
