@@ -11,6 +11,7 @@
 
 #include "configs.cuh"
 #include "marlin.h"
+#include "split_k_counters.h"
 
 namespace nvfp4 {
 
@@ -54,23 +55,16 @@ inline int split_count(int64_t busy_tiles, int64_t slots, int max_splits) {
   return std::max(1, static_cast<int>(std::min<int64_t>({slots / busy_tiles, max_splits, kMaxSplits})));
 }
 
-// Workspace of the counter path of split-K (store_tile), covering every tile of the grid. Counters (zeroed
-// here, reset by the kernel) and FP32 partials come from the caching allocator: stream-ordered, CUDA-graph
-// safe; the caller keeps them alive until the launch is enqueued.
-struct SplitKWorkspace {
-  at::Tensor counters, partials;
-};
-
-inline SplitKWorkspace split_k_workspace(MarlinGemmParams& p, int64_t tile_elems, int device, cudaStream_t stream) {
-  SplitKWorkspace ws;
+// Workspace of the counter path of split-K (store_tile), covering every tile of the grid: arrival counters
+// (split_k_counters.h: zero on entry, left zero by the kernel) and FP32 partials from the caching allocator
+// (stream-ordered, CUDA-graph safe; the caller keeps the tensor alive until the launch is enqueued).
+inline at::Tensor split_k_workspace(MarlinGemmParams& p, int64_t tile_elems, int device, cudaStream_t stream) {
   const int64_t tiles = static_cast<int64_t>(p.m_tiles) * p.n_tiles;
-  auto opts = at::TensorOptions().device(at::kCUDA, device);
-  ws.counters = at::empty({tiles}, opts.dtype(at::kInt));
-  C10_CUDA_CHECK(cudaMemsetAsync(ws.counters.data_ptr<int>(), 0, tiles * sizeof(int), stream));
-  ws.partials = at::empty({p.splits * tiles * tile_elems}, opts.dtype(at::kFloat));
-  p.counters = ws.counters.data_ptr<int>();
-  p.partials = ws.partials.data_ptr<float>();
-  return ws;
+  p.counters = zeroed_split_k_counters(device, stream, tiles);
+  const auto options = at::TensorOptions().device(at::kCUDA, device).dtype(at::kFloat);
+  at::Tensor partials = at::empty({p.splits * tiles * tile_elems}, options);
+  p.partials = partials.data_ptr<float>();
+  return partials;
 }
 
 // Split-K in clusters (store_tile): the `splits` CTAs of a tile form one cluster along the grid's z.
@@ -131,8 +125,8 @@ void launch_tiles(MarlinGemmParams p, int device, int max_splits) {
     C10_CUDA_CHECK(cudaLaunchKernelEx(&launch.config, kKernel, p));
     return;
   }
-  SplitKWorkspace ws;
-  if (p.splits > 1) ws = split_k_workspace(p, Cfg::ROWS * Cfg::TN, device, stream);
+  at::Tensor partials;
+  if (p.splits > 1) partials = split_k_workspace(p, Cfg::ROWS * Cfg::TN, device, stream);
   kKernel<<<grid, Cfg::THREADS, Cfg::SMEM_BYTES, stream>>>(p);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }

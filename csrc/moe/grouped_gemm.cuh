@@ -51,8 +51,8 @@ void launch_moe_gemm_config(const MoeGemmArgs& args, const MoeRouting& routing, 
   const int64_t busy_tiles = static_cast<int64_t>(std::max(1, routing.expected_tiles)) * p.n_tiles;
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(device);
   p.splits = split_count(busy_tiles, slots, p.k_tiles);
-  SplitKWorkspace ws;  // the counter path: tiles past *num_padded exit at once, so no cluster could meet
-  if (p.splits > 1) ws = split_k_workspace(p, Cfg::ROWS * Cfg::TN, device, stream);
+  at::Tensor partials;  // the counter path: tiles past *num_padded exit at once, so no cluster could meet
+  if (p.splits > 1) partials = split_k_workspace(p, Cfg::ROWS * Cfg::TN, device, stream);
   const dim3 grid(p.n_tiles, p.m_tiles, p.splits);
   marlin_gemm_kernel<T, Cfg, true><<<grid, Cfg::THREADS, Cfg::SMEM_BYTES, stream>>>(p);
   C10_CUDA_KERNEL_LAUNCH_CHECK();

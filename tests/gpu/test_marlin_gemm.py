@@ -272,6 +272,54 @@ def test_split_k_in_clusters_is_bit_identical_to_workspace_path(config):
         assert rel_err(in_clusters, reference_gemm(x, w, sf, gs, bias)) < 1e-2, (m, n, k)
 
 
+@pytest.mark.parametrize("config", [GEMV8, 0], ids=["gemv8", "m16"])
+def test_split_k_counters_are_shared_safely_by_streams_and_graphs(config):
+    """The workspace path's arrival counters are zeroed once and reused, not memset per launch
+    (csrc/marlin/split_k_counters.h): launches racing on two streams, two captured graphs, and graph replays
+    overlapping eager launches on another stream all give the eager result bit for bit."""
+    n, k = 4096, 8192  # 32 or 64 tiles, split 4..8 ways
+    w, sf, gs = quantize_nvfp4(torch.randn(n, k, device=DEV))
+    q, s = ops.marlin_repack(w, sf)
+    xs = [torch.randn(m, k, device=DEV).to(torch.bfloat16) for m in (1, 5, 8, 3)]
+    run = lambda x: torch.ops.nvfp4_C.marlin_gemm(x, q, s, gs.reshape(-1), None, n, k, config)  # noqa: E731
+    previous = torch.ops.nvfp4_C.marlin_cluster_split_k(False)
+    try:
+        expected = [run(x) for x in xs]
+        for x, e in zip(xs, expected):
+            assert rel_err(e, reference_gemm(x, w, sf, gs)) < 1e-2
+        streams = [torch.cuda.Stream(), torch.cuda.Stream()]
+        for stream in streams:
+            stream.wait_stream(torch.cuda.current_stream())
+        racing = [[], []]
+        for _ in range(10):
+            for i, stream in enumerate(streams):
+                with torch.cuda.stream(stream):
+                    racing[i] += [run(xs[i]), run(xs[i + 2])]
+        torch.cuda.synchronize()
+        for i in range(2):
+            for j, out in enumerate(racing[i]):
+                assert torch.equal(out, expected[i + 2 * (j % 2)])
+
+        graphs, graph_outs = [torch.cuda.CUDAGraph(), torch.cuda.CUDAGraph()], []
+        for g, (a, b) in zip(graphs, [(0, 1), (2, 3)]):
+            with torch.cuda.graph(g):
+                graph_outs.append((run(xs[a]), run(xs[b])))
+        torch.cuda.synchronize()
+        for _ in range(5):
+            eager = []
+            with torch.cuda.stream(streams[0]):
+                graphs[0].replay()
+            with torch.cuda.stream(streams[1]):
+                graphs[1].replay()
+                eager = [run(x) for x in xs]
+            torch.cuda.synchronize()
+            outs = [*graph_outs[0], *graph_outs[1]]
+            for out, e in zip(outs + eager, expected + expected):
+                assert torch.equal(out, e)
+    finally:
+        torch.ops.nvfp4_C.marlin_cluster_split_k(previous)
+
+
 # The Hopper warpgroup-MMA kernel (csrc/marlin/wgmma_kernel.cuh)
 WGMMA = {name: i for i, name in enumerate(CONFIG_NAMES) if name.startswith("wg")}
 
