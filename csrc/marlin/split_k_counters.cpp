@@ -1,37 +1,37 @@
 #include "split_k_counters.h"
 
-#include <ATen/ATen.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGraphsC10Utils.h>
+#include <c10/cuda/CUDAGuard.h>
 
 #include <algorithm>
 #include <map>
 #include <mutex>
 #include <utility>
-#include <vector>
 
 namespace nvfp4 {
 
 namespace {
 
-constexpr int64_t kMinCounters = 1 << 14;  // 64 KB: a whole model's launches on one stream fit at once
+constexpr int64_t kChunkCounters = 1 << 16;  // 256 KB of counters per device allocation
 
-std::mutex mutex;
-std::map<std::pair<int, cudaStream_t>, at::Tensor> stream_buffers;  // guarded by mutex
+std::mutex mutex;  // guards everything below
 
-// Permanent zeroed counters for captured launches, per device: a bump allocator over chunks that are never freed.
-struct CaptureChunks {
+// Zeroed counters that are never freed or handed out twice: a bump allocator over device chunks. Not from the
+// caching allocator: a block kept alive past a cudagraph-tree warm-up or capture would belong to its pool.
+struct Chunks {
   int* next = nullptr;
   int64_t left = 0;
 };
-std::map<int, CaptureChunks> capture_chunks;  // guarded by mutex
+std::map<int, Chunks> chunks_by_device;
 
-int* take_captured(int device, int64_t count) {
-  CaptureChunks& chunks = capture_chunks[device];
+int* take_zeroed(int device, int64_t count) {
+  Chunks& chunks = chunks_by_device[device];
   if (chunks.left < count) {
-    const int64_t size = std::max(count, kMinCounters);
-    // cudaMalloc and a synchronous memset on a private stream are not part of the capture (relaxed mode lets
-    // this thread make them while its stream captures): the counters are zero before any replay.
+    const int64_t size = std::max(count, kChunkCounters);
+    // cudaMalloc and a synchronous memset on a private stream are not part of any capture (relaxed mode lets
+    // this thread make them while its stream captures): the counters are zero before any launch uses them.
+    const c10::cuda::CUDAGuard guard(static_cast<c10::DeviceIndex>(device));
     const c10::cuda::CUDAStreamCaptureModeGuard relaxed(cudaStreamCaptureModeRelaxed);
     int* chunk = nullptr;
     C10_CUDA_CHECK(cudaMalloc(&chunk, size * sizeof(int)));
@@ -49,21 +49,25 @@ int* take_captured(int device, int64_t count) {
   return counters;
 }
 
+struct StreamCounters {
+  int* counters = nullptr;
+  int64_t size = 0;
+};
+std::map<std::pair<int, cudaStream_t>, StreamCounters> by_stream;
+
 }  // namespace
 
 int* zeroed_split_k_counters(int device, cudaStream_t stream, int64_t count) {
   cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
   C10_CUDA_CHECK(cudaStreamIsCapturing(stream, &status));
   const std::lock_guard<std::mutex> lock(mutex);
-  if (status != cudaStreamCaptureStatusNone) return take_captured(device, count);
-  at::Tensor& buffer = stream_buffers[{device, stream}];
-  if (!buffer.defined() || buffer.numel() < count) {
-    // at::zeros runs on the current stream (= `stream`, the launch's): ordered before the launch; the old
-    // buffer goes back to the caching allocator, which reuses it only after this stream's earlier work.
-    const auto options = at::TensorOptions().device(at::kCUDA, device).dtype(at::kInt);
-    buffer = at::zeros({std::max(count, kMinCounters)}, options);
+  if (status != cudaStreamCaptureStatusNone) return take_zeroed(device, count);
+  StreamCounters& own = by_stream[{device, stream}];
+  if (own.size < count) {  // the smaller block is left behind: earlier launches on the stream may still use it
+    own.size = std::max({count, 2 * own.size, int64_t{1024}});
+    own.counters = take_zeroed(device, own.size);
   }
-  return buffer.data_ptr<int>();
+  return own.counters;
 }
 
 }  // namespace nvfp4
