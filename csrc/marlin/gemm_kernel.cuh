@@ -199,8 +199,8 @@ __device__ __forceinline__ void reduce_k_warps(int wk, Write write) {
 // Split-K across the CTAs of one cluster (cluster dims (1, 1, splits), so a CTA's rank is its split): after a
 // cluster barrier each CTA adds its slice [begin, end) of the tile's 8-column units over every CTA's shared
 // memory (distributed shared memory), in split order, into its own shared tile; a second barrier keeps every
-// CTA resident until no other reads its shared memory. No workspace, counter or memset: saves ~2 us per call
-// at M <= 16 on the H200 against the counter path (docs/kernels.md).
+// CTA resident until no other reads its shared memory. No FP32 partials through L2 and no serial fix-up by a
+// last CTA (H200, 8192 x 8192 at M = 256: 63.9 instead of 77.7 us, docs/kernels.md "Split-K").
 template <class Cfg>
 __device__ __forceinline__ void sum_splits_in_cluster(float* c_sh, int splits, int begin, int end) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900

@@ -98,7 +98,7 @@ int resident_clusters(int device, int splits) {
     ClusterLaunch launch(dim3(1, 1, splits), kThreads, kSmemBytes, nullptr, splits);
     int clusters = 0;
     const bool ok = cudaOccupancyMaxActiveClusters(&clusters, kKernel, &launch.config) == cudaSuccess;
-    (void)cudaGetLastError();  // a refusal is an answer here, not an error for the next call
+    if (!ok) (void)cudaGetLastError();  // a refusal is an answer here, not an error for the next call
     count = ok && clusters > 0 ? clusters : -1;
   }
   return std::max(count, 0);
