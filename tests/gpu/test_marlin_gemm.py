@@ -272,6 +272,46 @@ def test_split_k_in_clusters_is_bit_identical_to_workspace_path(config):
         assert rel_err(in_clusters, reference_gemm(x, w, sf, gs, bias)) < 1e-2, (m, n, k)
 
 
+def launched_with_clusters(run) -> bool:
+    """Whether `run` launched a kernel through cudaLaunchKernelEx (the cluster path of split-K; the workspace path
+    uses a plain launch), from the profiler's CUDA runtime events."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU,
+                                            torch.profiler.ProfilerActivity.CUDA]) as prof:
+        run()
+        torch.cuda.synchronize()
+    return any("LaunchKernelEx" in event.name for event in prof.events())
+
+
+@pytest.mark.skipif(torch.cuda.is_available() and torch.cuda.get_device_capability()[0] != 9, reason="Hopper")
+@pytest.mark.parametrize("config,m,n,k", [(CONFIG_NAMES.index("wg256x128"), 256, 8192, 8192),
+                                          (GEMV8, 1, 16384, 4096)], ids=["wg256x128", "gemv8"])
+def test_split_k_in_clusters_replays_in_cuda_graph(config, m, n, k):
+    """Shapes whose tiles split K in two (64 tiles of a 1-CTA/SM kernel, 128 of a 2-CTA/SM one: every cluster
+    fits at once): the launch takes the cluster path, and a captured graph replays it bit-identically to the
+    eager launch and to the workspace path."""
+    w, sf, gs = quantize_nvfp4(torch.randn(n, k, device=DEV))
+    q, s = ops.marlin_repack(w, sf)
+    x = torch.randn(m, k, device=DEV).to(torch.bfloat16)
+    run = lambda: torch.ops.nvfp4_C.marlin_gemm(x, q, s, gs.reshape(-1), None, n, k, config)  # noqa: E731
+    previous = torch.ops.nvfp4_C.marlin_cluster_split_k(True)
+    try:
+        assert launched_with_clusters(run)
+        eager = run()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            static_out = run()
+        for _ in range(3):
+            graph.replay()
+            torch.cuda.synchronize()
+            assert torch.equal(static_out, eager)
+        torch.ops.nvfp4_C.marlin_cluster_split_k(False)
+        assert not launched_with_clusters(run)
+        assert torch.equal(run(), eager)
+    finally:
+        torch.ops.nvfp4_C.marlin_cluster_split_k(previous)
+    assert rel_err(eager, reference_gemm(x, w, sf, gs)) < 1e-2
+
+
 @pytest.mark.parametrize("config", [GEMV8, 0], ids=["gemv8", "m16"])
 def test_split_k_counters_are_shared_safely_by_streams_and_graphs(config):
     """The workspace path's arrival counters are zeroed once and reused, not memset per launch
