@@ -217,6 +217,17 @@ def test_gemv_config_on_decode_shapes(dtype, m, n, k):
     assert rel_err(out, reference_gemm(x, w, sf, gs, bias)) < 1e-2
 
 
+def assert_graph_replays_reproduce(run, expected, replays=3):
+    """Captures run() in a CUDA graph; every replay must reproduce `expected` bit for bit."""
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static_out = run()
+    for _ in range(replays):
+        graph.replay()
+        torch.cuda.synchronize()
+        assert torch.equal(static_out, expected)
+
+
 @pytest.mark.parametrize("config,m,k", [(GEMV8, 4, 14336), *((i, 200, 8192) for i in range(5, len(CONFIG_NAMES)))],
                          ids=CONFIG_NAMES[4:])
 def test_config_deterministic_under_cuda_graph_replay(config, m, k):
@@ -233,13 +244,7 @@ def test_config_deterministic_under_cuda_graph_replay(config, m, k):
     with torch.cuda.stream(stream):
         run()
     torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        static_out = run()
-    for _ in range(3):
-        graph.replay()
-        torch.cuda.synchronize()
-        assert torch.equal(static_out, eager)
+    assert_graph_replays_reproduce(run, eager)
     assert rel_err(eager, reference_gemm(static_x, w, sf, gs)) < 1e-2
 
 
@@ -297,13 +302,7 @@ def test_split_k_in_clusters_replays_in_cuda_graph(config, m, n, k):
     try:
         assert launched_with_clusters(run)
         eager = run()
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            static_out = run()
-        for _ in range(3):
-            graph.replay()
-            torch.cuda.synchronize()
-            assert torch.equal(static_out, eager)
+        assert_graph_replays_reproduce(run, eager)
         torch.ops.nvfp4_C.marlin_cluster_split_k(False)
         assert not launched_with_clusters(run)
         assert torch.equal(run(), eager)
