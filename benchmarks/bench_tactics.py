@@ -67,7 +67,7 @@ def bench_shape(n, k, m_values, l2_bytes, bandwidth, gen, ts):
                 continue
             row[tactic.name] = timed(over_sets(lambda x, q, s, t=tactic: t.run(x, q, s, gs, None, n, k)))
         row["auto"] = timed(over_sets(lambda x, q, s: torch.ops.nvfp4.marlin_gemm(x, q, s, gs, None, n, k, "auto")))
-        choice = gemm_tactics.selector().choice(gemm_tactics.problem_key(xs[0], n, k))
+        choice = gemm_tactics.selector().choice(key)
         row["auto_choice"] = choice.best if choice else "?"
         row["cublas"] = timed([(lambda x=xs[i], w=w_bf16[i]: F.linear(x, w)) for i in range(bf16_sets)])
         row["floor"] = (fp4_bytes + 2 * m * k + 2 * m * n) / bandwidth * 1e3

@@ -85,6 +85,8 @@ struct ClusterLaunch {
     config.attrs = &attribute;
     config.numAttrs = 1;
   }
+  ClusterLaunch(const ClusterLaunch&) = delete;  // config.attrs points at this object's own attribute
+  ClusterLaunch& operator=(const ClusterLaunch&) = delete;
 };
 
 // How many clusters of `splits` CTAs of kKernel the device holds at once (0: no clusters here: not Hopper, i.e.
