@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # One device call: build, then the chosen steps (default: tests decode), logs under $OUT, rows printed as measured.
-#   bash scripts/gpu_session.sh [tests] [gemm] [decode] [moe] [e2e] [e2e-batches]
+#   bash scripts/gpu_session.sh [tests] [gemm] [decode] [splitk] [moe] [e2e] [e2e-profile] [e2e-batches]
 #   tests        GPU tests of the kernels, passes and the compiled CUDA models (~2 min), SASS register-hazard check
 #   gemm         the dense GEMM table (benchmarks/bench_gemm.py): marlin, auto, cuBLAS, floor at M = 1 .. 4096
 #   decode       every GEMM tactic on the Llama-3-8B decode GEMMs (q/k/v and gate/up merged), M = 1, 8, 16, 32
 #   e2e          32-layer end-to-end benchmark: decode b = 1, prefill 2048, memory, closeness (~6.5 min)
 #   e2e-batches  the same model, decode b = 8 and 32 with release_source_weights (~4 min)
+#   splitk       split-K paths A/B (workspace, clusters, clusters with the split count fitted), M = 1 .. 256
+#   e2e-profile  the 32-layer decode step at b = 1, profiled: top kernels by GPU time, both models (~4 min)
 #   moe          every MoE tactic, auto and BF16 grouped_mm on the Mixtral and Qwen3-MoE layers (~2 min)
 # A device call runs at most 10 minutes: e2e and e2e-batches go in separate calls.
 set -uo pipefail
@@ -18,9 +20,11 @@ t=$(date +%s); MAX_JOBS=$(nproc) python3 -m pip install --no-build-isolation --n
 echo "build $(( $(date +%s) - t )) s"
 if [[ " $steps " == *" tests "* ]]; then
   t=$(date +%s)
-  timeout 200 python3 -m pytest -q -p no:cacheprovider tests/gpu tests/backend/test_cuda.py \
-    tests/passes/test_merge_siblings.py "tests/backend/test_models.py::test_transformers_decode_steps_update_the_static_kv_cache" \
-    > "$OUT/tests.log" 2>&1
+  # TESTS (optional): pytest arguments instead of the full GPU set, e.g. TESTS="tests/gpu/test_marlin_gemm.py -k cluster"
+  default_tests='tests/gpu tests/backend/test_cuda.py tests/passes/test_merge_siblings.py
+    tests/backend/test_models.py::test_transformers_decode_steps_update_the_static_kv_cache'
+  # shellcheck disable=SC2086  # word splitting of the pytest arguments is intended
+  timeout 200 python3 -m pytest -q -p no:cacheprovider ${TESTS:-$default_tests} > "$OUT/tests.log" 2>&1
   echo "tests rc=$? $(( $(date +%s) - t )) s"; tail -1 "$OUT/tests.log"; grep -E "^FAILED|^ERROR" "$OUT/tests.log" | head
   python3 benchmarks/sass_stats.py > "$OUT/sass_stats.log" 2>&1
   echo "sass_stats rc=$? (1: a wgmma register hazard)"; grep -c "register_hazards=0" "$OUT/sass_stats.log"
@@ -35,6 +39,17 @@ if [[ " $steps " == *" decode "* ]]; then
   timeout 200 python3 benchmarks/bench_tactics.py --shapes 6144x4096,4096x4096,28672x4096,4096x14336 --ms 1,8,16,32 \
     --csv "$OUT/decode_tactics.csv" > "$OUT/decode_tactics.log" 2>&1
   echo "decode tactics rc=$? $(( $(date +%s) - t )) s"; grep -vE "^wrote" "$OUT/decode_tactics.log" | tail -22
+fi
+if [[ " $steps " == *" splitk "* ]]; then
+  t=$(date +%s)
+  timeout 240 python3 benchmarks/bench_split_k.py > "$OUT/split_k.log" 2>&1
+  echo "split_k rc=$? $(( $(date +%s) - t )) s"; cat "$OUT/split_k.log"
+fi
+if [[ " $steps " == *" e2e-profile "* ]]; then
+  t=$(date +%s)
+  timeout "${E2E_TIMEOUT:-400}" python3 benchmarks/bench_e2e.py --layers 32 --batches 1 --skip-prefill \
+    --skip-closeness --profile > "$OUT/e2e32_profile.log" 2>&1
+  echo "e2e32 profile rc=$? $(( $(date +%s) - t )) s"; grep -E "^device|^ROW" "$OUT/e2e32_profile.log"
 fi
 if [[ " $steps " == *" moe "* ]]; then
   t=$(date +%s)

@@ -120,7 +120,12 @@ void launch_tiles(MarlinGemmParams p, int device, int max_splits) {
   p.splits = split_count(tiles, slots, max_splits);
   // Clusters only where all of them are resident at once: the split count was sized to fill the slots in one
   // wave, and clusters that do not fit it would run in a second (H200: 1.4x slower at M = 1, docs/kernels.md).
-  p.cluster_splits = tiles <= resident_clusters<kKernel, Cfg::THREADS, Cfg::SMEM_BYTES>(device, p.splits);
+  p.cluster_splits = false;
+  for (int s = p.splits; s >= 2 && !p.cluster_splits; --s) {
+    p.cluster_splits = tiles <= resident_clusters<kKernel, Cfg::THREADS, Cfg::SMEM_BYTES>(device, s);
+    if (p.cluster_splits) p.splits = s;
+    if (!cluster_fit_splits_enabled()) break;
+  }
   const dim3 grid(p.n_tiles, p.m_tiles, p.splits);
   if (p.cluster_splits) {
     const ClusterLaunch launch(grid, Cfg::THREADS, Cfg::SMEM_BYTES, stream, p.splits);

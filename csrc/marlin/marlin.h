@@ -32,6 +32,9 @@ inline std::vector<std::string> marlin_gemm_config_names() {
 // Returns the previous setting.
 bool marlin_cluster_split_k(bool enable);
 bool cluster_split_k_enabled();
+// Experiment: true lowers the split count to the largest one whose clusters are all resident at once.
+bool marlin_cluster_fit_splits(bool enable);
+bool cluster_fit_splits_enabled();
 
 // qweight/scales in the Marlin layout, global_scale fp32 [1] or [size_n] (per row) -> dense weight [size_n, size_k] in dtype
 // (bf16/fp16): e2m1 * s_b * global_scale in FP32, rounded once, as formats.marlin.marlin_dequantize
