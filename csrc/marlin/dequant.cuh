@@ -3,8 +3,9 @@
 //
 //   nibble pair -> x2:  (q & 0x80008000) | ((q & 0x70007000) >> SHIFT)   top nibble of each 16-bit half
 //                       bf16: SHIFT 6 -> e2m1 * 2^-126     fp16: SHIFT 3 -> e2m1 * 2^-14
-//   scale code  -> x2:  code * MUL + ADD (both halves at once)
+//   scale codes -> x2:  codes * MUL + ADD (two codes, one per 16-bit half, decoded at once)
 //                       bf16: (code << 4) + (237 << 7) -> s * 2^119     fp16: (code << 7) + (13 << 10) -> s * 2^7
+//                       each product takes one half of that pair as both its operands (HMUL2 .H0_H0 / .H1_H1)
 //   product (exact):    e2m1 * s * 2^-7; the epilogue multiplies the FP32 accumulator by global_scale * 2^7.
 #pragma once
 
@@ -12,6 +13,7 @@
 #include <cuda_fp16.h>
 
 #include <cstdint>
+#include <cstring>
 #include <type_traits>
 
 namespace nvfp4 {
@@ -27,12 +29,12 @@ struct Dtype<__nv_bfloat16> {
   static constexpr uint32_t kScaleMul = 16u;
   static constexpr uint32_t kScaleAdd = (237u << 7) * 0x10001u;
 
-  __device__ __forceinline__ static uint32_t mul2(uint32_t a, uint32_t b) {
-    uint32_t d;
-    // fma with -0 addend == mul (keeps the sign of a zero product); subnormal inputs are honoured.
-    asm("fma.rn.bf16x2 %0, %1, %2, %3;\n" : "=r"(d) : "r"(a), "r"(b), "r"(0x80008000u));
-    return d;
-  }
+  using Pair = __nv_bfloat162;
+  // Intrinsics, not inline asm: ptxas folds the half broadcast into the multiply's operand only for these.
+  // (sm_90: mul.rn.bf16x2; sm_80: fma.rn with a -0 addend, which keeps the sign of a zero product.)
+  __device__ __forceinline__ static Pair mul(Pair a, Pair b) { return __hmul2_rn(a, b); }
+  __device__ __forceinline__ static Pair low(Pair a) { return __low2bfloat162(a); }
+  __device__ __forceinline__ static Pair high(Pair a) { return __high2bfloat162(a); }
   __device__ __forceinline__ static void mma(float (&c)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
     asm(
         "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
@@ -50,11 +52,10 @@ struct Dtype<__half> {
   static constexpr uint32_t kScaleMul = 128u;
   static constexpr uint32_t kScaleAdd = (13u << 10) * 0x10001u;
 
-  __device__ __forceinline__ static uint32_t mul2(uint32_t a, uint32_t b) {
-    uint32_t d;
-    asm("mul.rn.f16x2 %0, %1, %2;\n" : "=r"(d) : "r"(a), "r"(b));
-    return d;
-  }
+  using Pair = __half2;
+  __device__ __forceinline__ static Pair mul(Pair a, Pair b) { return __hmul2_rn(a, b); }
+  __device__ __forceinline__ static Pair low(Pair a) { return __low2half2(a); }
+  __device__ __forceinline__ static Pair high(Pair a) { return __high2half2(a); }
   __device__ __forceinline__ static void mma(float (&c)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
     asm(
         "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
@@ -72,35 +73,49 @@ __device__ __forceinline__ uint32_t nibble_pair(uint32_t q) {
   return (q & 0x80008000u) | ((q & 0x70007000u) >> Dtype<T>::kNibbleShift);
 }
 
-// Scale code in byte `byte` of `word`, decoded into both halves of a T pair (s * 2^119 or s * 2^7).
+// Scale codes in bytes `byte` and `byte + 1` of `word`, both decoded by one multiply-add: s_byte in the low
+// half of the T pair, s_byte+1 in the high half (no carry crosses halves: code * MUL + ADD < 2^16).
 template <typename T>
 __device__ __forceinline__ uint32_t scale_pair_at(uint32_t word, uint32_t byte) {
-  // prmt selector: bytes [byte, zero, byte, zero] (selector 4 picks byte 0 of the zero operand).
-  const uint32_t code2 = __byte_perm(word, 0u, 0x4040u | byte | (byte << 8));
-  return code2 * Dtype<T>::kScaleMul + Dtype<T>::kScaleAdd;
-}
-template <typename T, int BYTE>
-__device__ __forceinline__ uint32_t scale_pair(uint32_t word) {
-  return scale_pair_at<T>(word, BYTE);
+  // prmt selector: bytes [byte, zero, byte + 1, zero] (selector 4 picks byte 0 of the zero operand).
+  const uint32_t codes = __byte_perm(word, 0u, 0x4040u | byte | ((byte + 1) << 8));
+  return codes * Dtype<T>::kScaleMul + Dtype<T>::kScaleAdd;
 }
 
-// One int32 of the weight layout (fragment values v0..v7 in nibble order 0,2,4,6,1,3,5,7) times its two
-// scale pairs -> the B fragments of n8 tiles (column c: b_lo, column c+8: b_hi).
+// Register bits <-> a T pair.
 template <typename T>
-__device__ __forceinline__ void dequant_int32(uint32_t q, uint32_t s_lo, uint32_t s_hi, uint32_t (&b_lo)[2],
-                                              uint32_t (&b_hi)[2]) {
+__device__ __forceinline__ typename Dtype<T>::Pair as_pair(uint32_t bits) {
+  typename Dtype<T>::Pair p;
+  memcpy(&p, &bits, sizeof(bits));
+  return p;
+}
+template <typename P>
+__device__ __forceinline__ uint32_t pair_bits(P p) {
+  uint32_t bits;
+  memcpy(&bits, &p, sizeof(bits));
+  return bits;
+}
+
+// One int32 of the weight layout (fragment values v0..v7 in nibble order 0,2,4,6,1,3,5,7) times its scale
+// pair (scale_pair_at: column c's scale low, column c+8's high) -> the B fragments of n8 tiles (column c: b_lo,
+// column c+8: b_hi).
+template <typename T>
+__device__ __forceinline__ void dequant_int32(uint32_t q, uint32_t scales, uint32_t (&b_lo)[2], uint32_t (&b_hi)[2]) {
+  using D = Dtype<T>;
+  const auto s_lo = D::low(as_pair<T>(scales)), s_hi = D::high(as_pair<T>(scales));
+  auto scaled = [](uint32_t nibbles, typename D::Pair s) { return pair_bits(D::mul(as_pair<T>(nibbles), s)); };
   if constexpr (std::is_same_v<T, __nv_bfloat16>) {
     // Nibbles 0 and 1 of each half by one multiply instead of two shifts: x * (2^a + 2^b) is the sum of two
     // copies of x that share no set bit (so no carries): one puts the magnitude bits at 6..8, the other the
     // sign at 15; the mask keeps those. Bit-identical to nibble_pair (tests/formats/test_marlin_layout.py).
-    b_lo[0] = Dtype<T>::mul2(((q & 0x000F000Fu) * 0x1040u) & 0x81C081C0u, s_lo);  // copies << 6, << 12
-    b_lo[1] = Dtype<T>::mul2(((q & 0x00F000F0u) * 0x0104u) & 0x81C081C0u, s_lo);  // copies << 2, << 8
+    b_lo[0] = scaled(((q & 0x000F000Fu) * 0x1040u) & 0x81C081C0u, s_lo);  // copies << 6, << 12
+    b_lo[1] = scaled(((q & 0x00F000F0u) * 0x0104u) & 0x81C081C0u, s_lo);  // copies << 2, << 8
   } else {
-    b_lo[0] = Dtype<T>::mul2(nibble_pair<T>(q << 12), s_lo);  // nibbles 0,4 = v0,v1: k = r, r+1
-    b_lo[1] = Dtype<T>::mul2(nibble_pair<T>(q << 8), s_lo);   // nibbles 1,5 = v2,v3: k = r+8, r+9
+    b_lo[0] = scaled(nibble_pair<T>(q << 12), s_lo);  // nibbles 0,4 = v0,v1: k = r, r+1
+    b_lo[1] = scaled(nibble_pair<T>(q << 8), s_lo);   // nibbles 1,5 = v2,v3: k = r+8, r+9
   }
-  b_hi[0] = Dtype<T>::mul2(nibble_pair<T>(q << 4), s_hi);  // nibbles 2,6 = v4,v5
-  b_hi[1] = Dtype<T>::mul2(nibble_pair<T>(q), s_hi);       // nibbles 3,7 = v6,v7
+  b_hi[0] = scaled(nibble_pair<T>(q << 4), s_hi);  // nibbles 2,6 = v4,v5
+  b_hi[1] = scaled(nibble_pair<T>(q), s_hi);       // nibbles 3,7 = v6,v7
 }
 
 }  // namespace nvfp4

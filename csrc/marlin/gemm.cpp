@@ -33,6 +33,8 @@ at::Tensor marlin_gemm(const at::Tensor& x, const at::Tensor& qweight, const at:
               "nvfp4_C::marlin_gemm: x must be [M, size_k] with size_k % 16 == 0");
   TORCH_CHECK(x.is_contiguous() && aligned16(x), "nvfp4_C::marlin_gemm: x must be contiguous and 16-byte aligned");
   const int64_t n_pad = ceil_to(size_n, 64), k_pad = ceil_to(size_k, 64);
+  TORCH_CHECK(n_pad < (int64_t{1} << 28) && k_pad < (int64_t{1} << 28),
+              "nvfp4_C::marlin_gemm: size_n and size_k must be below 2^28");
   TORCH_CHECK(qweight.scalar_type() == at::kInt && qweight.dim() == 2 && qweight.size(0) == k_pad / 16 &&
                   qweight.size(1) == 2 * n_pad && qweight.is_contiguous() && aligned16(qweight),
               "nvfp4_C::marlin_gemm: qweight must be contiguous int32 [K_pad/16, 2*N_pad], 16-byte aligned");

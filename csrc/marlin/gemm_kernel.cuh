@@ -161,13 +161,12 @@ struct WeightStageLoader {
 template <typename T, class Mma>
 __device__ __forceinline__ void dequant_k16(const uint4 bq, const uint2 sc, Mma mma) {
   const uint32_t q[4] = {bq.x, bq.y, bq.z, bq.w};
-  const uint32_t s2[8] = {scale_pair<T, 0>(sc.x), scale_pair<T, 1>(sc.x), scale_pair<T, 2>(sc.x),
-                          scale_pair<T, 3>(sc.x), scale_pair<T, 0>(sc.y), scale_pair<T, 1>(sc.y),
-                          scale_pair<T, 2>(sc.y), scale_pair<T, 3>(sc.y)};
+  const uint32_t s2[4] = {scale_pair_at<T>(sc.x, 0), scale_pair_at<T>(sc.x, 2), scale_pair_at<T>(sc.y, 0),
+                          scale_pair_at<T>(sc.y, 2)};
 #pragma unroll
   for (int w = 0; w < 4; ++w) {
     uint32_t b_lo[2], b_hi[2];
-    dequant_int32<T>(q[w], s2[2 * w], s2[2 * w + 1], b_lo, b_hi);
+    dequant_int32<T>(q[w], s2[w], b_lo, b_hi);
     mma(w, b_lo, b_hi);
   }
 }

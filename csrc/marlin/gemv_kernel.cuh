@@ -75,8 +75,9 @@ __global__ void __launch_bounds__(Cfg::THREADS, Cfg::MIN_BLOCKS) marlin_gemv_ker
   const uint32_t* a_ptr = reinterpret_cast<const uint32_t*>(static_cast<const T*>(p.a) +
                                                             static_cast<int64_t>(row) * p.lda + k16 * 16 +
                                                             2 * (lane & 3));
-  const int64_t b_step = static_cast<int64_t>(Cfg::WARPS_K) * (p.n_pad / 2);
-  const int64_t s_step = static_cast<int64_t>(Cfg::WARPS_K) * p.n_pad;
+  // 32-bit strides: advancing a pointer by one is a select and a 64-bit add, not two selects (N_pad < 2^28).
+  const int b_step = Cfg::WARPS_K * (p.n_pad / 2);
+  const int s_step = Cfg::WARPS_K * p.n_pad;
   constexpr int a_step = Cfg::WARPS_K * 16 / 2;  // uint32 (two activations) per step
 
   // Ring of STEPS slots in registers. Loads are unconditional (no branch may separate a load from its slot,

@@ -63,7 +63,7 @@ __device__ __forceinline__ void dequant_a_fragments(const uint32_t (&q)[FRAGS], 
   for (int f = 0; f < FRAGS; ++f) {
     const uint32_t byte = FRAGS == 1 ? byte0 : 2 * (f % 2);
     uint32_t lo[2], hi[2];
-    dequant_int32<T>(q[f], scale_pair_at<T>(sc[f / 2], byte), scale_pair_at<T>(sc[f / 2], byte + 1), lo, hi);
+    dequant_int32<T>(q[f], scale_pair_at<T>(sc[f / 2], byte), lo, hi);
     a[f][0] = lo[0], a[f][1] = hi[0], a[f][2] = lo[1], a[f][3] = hi[1];
   }
 }

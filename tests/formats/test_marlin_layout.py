@@ -118,6 +118,19 @@ def test_kernel_decode_of_codes_and_nibbles_is_exact(dtype):
     assert torch.isfinite(scale).all()
 
 
+@pytest.mark.parametrize("mul,add", [(16, M.BF16_SCALE_ADD), (128, M.FP16_SCALE_ADD)], ids=["bf16", "fp16"])
+def test_two_scale_codes_decode_at_once_as_each_alone(mul, add):
+    """dequant.cuh scale_pair_at decodes two codes with one multiply-add on a word holding one code per 16-bit
+    half: (lo | hi << 16) * MUL + ADD * 0x10001. No carry may cross the halves for any pair of valid codes, so
+    each half equals its code decoded alone."""
+    codes = torch.arange(0, M.SCALE_CODE_MAX + 1, dtype=torch.int64)
+    lo, hi = codes[:, None], codes[None, :]
+    both = ((lo | (hi << 16)) * mul + add * 0x10001) & 0xFFFFFFFF
+    assert torch.equal(both & 0xFFFF, (lo * mul + add).expand_as(both))
+    assert torch.equal(both >> 16, (hi * mul + add).expand_as(both))
+    assert int((codes * mul + add).max()) < 1 << 16
+
+
 SHAPES = [(64, 64), (1, 16), (100, 48), (192, 208), (130, 240), (64, 1856)]
 
 
