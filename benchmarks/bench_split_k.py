@@ -1,9 +1,8 @@
 """Split-K paths of the dense W4A16 GEMM, A/B in one run: per (N, K, M, config), microseconds per GEMM with
 
   workspace  FP32 partials in global memory + arrival counters (clusters off)
-  cluster    the splits of a tile in one thread-block cluster, only when all clusters fit at the split count
-             that fills the GPU (else the workspace path)
-  fit        as cluster, but the split count is lowered to the largest one whose clusters all fit
+  cluster    the splits of a tile in one thread-block cluster where all clusters fit at once (the default;
+             else the workspace path)
 
     python benchmarks/bench_split_k.py [--shapes NxK,...] [--ms M,...] [--configs name,...]
 
@@ -25,14 +24,13 @@ from bench_tactics import timed  # noqa: E402
 import nvfp4_compile  # noqa: E402,F401  registers torch.ops.nvfp4.*
 
 SHAPES = "4096x4096,6144x4096,14336x4096,4096x14336,8192x8192,8192x28672,28672x8192"
-CONFIGS_BY_M = {1: "gemv8,m16", 16: "m16", 64: "m64,wg64x256,wg64x512,wg128x256w4",
+CONFIGS_BY_M = {1: "gemv8,m16", 16: "gemv16,m16", 64: "m64,wg64x256,wg64x512,wg128x256w4",
                 256: "wg256x128,wg128x256w4,wg64x256w4,wg128x256"}
-MODES = ("workspace", "cluster", "fit")
+MODES = ("workspace", "cluster")
 
 
 def set_mode(mode: str) -> None:
-    torch.ops.nvfp4_C.marlin_cluster_split_k(mode != "workspace")
-    torch.ops.nvfp4_C.marlin_cluster_fit_splits(mode == "fit")
+    torch.ops.nvfp4_C.marlin_cluster_split_k(mode == "cluster")
 
 
 def main() -> None:
@@ -48,7 +46,7 @@ def main() -> None:
     l2_bytes = getattr(props, "L2_cache_size", 50 * 2**20)
     gen = torch.Generator(device=DEV).manual_seed(0)
     gs = torch.tensor(1e-3, device=DEV)
-    print(f"{'N':>6} {'K':>6} {'M':>5} {'config':>12} | " + " ".join(f"{m:>10}" for m in MODES) + " | fit/cluster")
+    print(f"{'N':>6} {'K':>6} {'M':>5} {'config':>12} | " + " ".join(f"{m:>10}" for m in MODES) + " | cluster/workspace")
     for shape in args.shapes.split(","):
         n, k = (int(v) for v in shape.split("x"))
         n_sets = sets_for(n * k // 2 + n * k // 16, l2_bytes)
@@ -57,7 +55,7 @@ def main() -> None:
             xs = [torch.randn(m, k, device=DEV, generator=gen).to(torch.bfloat16) for _ in range(n_sets)]
             configs = (args.configs or CONFIGS_BY_M.get(m, "m16")).split(",")
             for name in configs:
-                if name == "gemv8" and m > 8:
+                if m > {"gemv8": 8, "gemv16": 16}.get(name, m):
                     continue
                 cfg = names.index(name)
                 calls = [(lambda x=xs[i], q=weights[i][0], s=weights[i][1]:
@@ -67,7 +65,7 @@ def main() -> None:
                     set_mode(mode)
                     us[mode] = timed(calls) * 1e3
                 print(f"{n:>6} {k:>6} {m:>5} {name:>12} | " + " ".join(f"{us[mo]:>10.1f}" for mo in MODES)
-                      + f" | {us['fit'] / us['cluster']:.3f}", flush=True)
+                      + f" | {us['cluster'] / us['workspace']:.3f}", flush=True)
         del weights
         torch.cuda.empty_cache()
     set_mode("cluster")

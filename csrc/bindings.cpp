@@ -19,7 +19,6 @@ TORCH_LIBRARY(nvfp4_C, m) {
       "int size_k, int config=-1) -> Tensor");
   m.def("marlin_gemm_configs() -> str[]", &nvfp4::marlin_gemm_config_names);
   m.def("marlin_cluster_split_k(bool enable) -> bool", &nvfp4::marlin_cluster_split_k);
-  m.def("marlin_cluster_fit_splits(bool enable) -> bool", &nvfp4::marlin_cluster_fit_splits);
   m.def(
       "marlin_dequantize(Tensor qweight, Tensor scales, Tensor global_scale, int size_n, int size_k, "
       "ScalarType dtype) -> Tensor");

@@ -6,7 +6,7 @@
 #   decode       every GEMM tactic on the Llama-3-8B decode GEMMs (q/k/v and gate/up merged), M = 1, 8, 16, 32
 #   e2e          32-layer end-to-end benchmark: decode b = 1, prefill 2048, memory, closeness (~6.5 min)
 #   e2e-batches  the same model, decode b = 8 and 32 with release_source_weights (~4 min)
-#   splitk       split-K paths A/B (workspace, clusters, clusters with the split count fitted), M = 1 .. 256
+#   splitk       split-K paths A/B (workspace vs clusters) per config, M = 1 .. 256 (benchmarks/bench_split_k.py)
 #   e2e-profile  the 32-layer decode step at b = 1, profiled: top kernels by GPU time, both models (~4 min)
 #   moe          every MoE tactic, auto and BF16 grouped_mm on the Mixtral and Qwen3-MoE layers (~2 min)
 # A device call runs at most 10 minutes: e2e and e2e-batches go in separate calls.

@@ -17,6 +17,8 @@ using ConfigM64 = GemmConfig<4, 1, 128, 128, 4, 256, 1>;
 using ConfigLarge = GemmConfig<4, 2, 256, 64, 4, 256, 1>;
 // Decode (gemv_kernel.cuh): 8-row tiles, 8 warps = 2 (n) x 4 (k), 6 k16 steps of loads in flight per warp.
 using ConfigGemv8 = GemvConfig<2, 4, 6, 2>;
+// 16 rows (M = 9..16): two MMAs per dequantized fragment, a ring of 5 steps to stay within 2 CTAs per SM.
+using ConfigGemv16 = GemvConfig<2, 4, 5, 2, 2>;
 constexpr int kGemvMinStepsPerWarp = 4;  // split K no finer than this many k16 steps per warp
 // Hopper warpgroup MMA (wgmma_kernel.cuh): WgmmaConfig<NTOK rows of x, FRAGS, warpgroups, STAGES, MIN_BLOCKS>,
 // named rows x columns of the CTA tile; a warp dequantizes 16 * FRAGS columns per k16 step.

@@ -10,7 +10,6 @@ namespace nvfp4 {
 namespace {
 
 std::atomic<bool> cluster_split_k{true};
-std::atomic<bool> cluster_fit_splits{false};
 
 int64_t ceil_to(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 
@@ -20,8 +19,6 @@ bool aligned16(const at::Tensor& t) { return reinterpret_cast<uintptr_t>(t.data_
 
 bool marlin_cluster_split_k(bool enable) { return cluster_split_k.exchange(enable); }
 bool cluster_split_k_enabled() { return cluster_split_k.load(std::memory_order_relaxed); }
-bool marlin_cluster_fit_splits(bool enable) { return cluster_fit_splits.exchange(enable); }
-bool cluster_fit_splits_enabled() { return cluster_fit_splits.load(std::memory_order_relaxed); }
 
 at::Tensor marlin_gemm(const at::Tensor& x, const at::Tensor& qweight, const at::Tensor& scales,
                        const at::Tensor& global_scale, const std::optional<at::Tensor>& bias, int64_t size_n,

@@ -120,12 +120,9 @@ void launch_tiles(MarlinGemmParams p, int device, int max_splits) {
   p.splits = split_count(tiles, slots, max_splits);
   // Clusters only where all of them are resident at once: the split count was sized to fill the slots in one
   // wave, and clusters that do not fit it would run in a second (H200: 1.4x slower at M = 1, docs/kernels.md).
-  p.cluster_splits = false;
-  for (int s = p.splits; s >= 2 && !p.cluster_splits; --s) {
-    p.cluster_splits = tiles <= resident_clusters<kKernel, Cfg::THREADS, Cfg::SMEM_BYTES>(device, s);
-    if (p.cluster_splits) p.splits = s;
-    if (!cluster_fit_splits_enabled()) break;
-  }
+  // (Lowering the split count until every cluster fits was measured too: faster for a few wgmma shapes, up to
+  // 1.3x slower for the decode kernel; docs/kernels.md "Split-K".)
+  p.cluster_splits = tiles <= resident_clusters<kKernel, Cfg::THREADS, Cfg::SMEM_BYTES>(device, p.splits);
   const dim3 grid(p.n_tiles, p.m_tiles, p.splits);
   if (p.cluster_splits) {
     const ClusterLaunch launch(grid, Cfg::THREADS, Cfg::SMEM_BYTES, stream, p.splits);
@@ -198,6 +195,7 @@ void launch_marlin_gemm(const at::Tensor& x, const at::Tensor& qweight, const at
     case 8: launch_wgmma_with_config<T, ConfigWg256x128>(p, device); break;
     case 9: launch_wgmma_with_config<T, ConfigWg64x256w4>(p, device); break;
     case 10: launch_wgmma_with_config<T, ConfigWg128x256w4>(p, device); break;
+    case 11: launch_gemv_with_config<T, ConfigGemv16>(p, device); break;
     default: TORCH_CHECK(false, "nvfp4_C::marlin_gemm: no tile config ", config);
   }
 }

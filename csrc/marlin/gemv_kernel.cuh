@@ -16,7 +16,7 @@
 
 namespace nvfp4 {
 
-template <int WARPS_N_, int WARPS_K_, int STEPS_, int MIN_BLOCKS_>
+template <int WARPS_N_, int WARPS_K_, int STEPS_, int MIN_BLOCKS_, int GROUPS_ = 1>
 struct GemvConfig {
   static constexpr int MB = 1;
   static constexpr int WARPS_M = 1;
@@ -25,7 +25,10 @@ struct GemvConfig {
   static constexpr int STEPS = STEPS_;  // k16 steps of loads in flight per warp
   static constexpr int MIN_BLOCKS = MIN_BLOCKS_;
   static constexpr int THREADS = 32 * WARPS_N * WARPS_K;
-  static constexpr int ROWS = 8;  // rows of A per m-tile (blockIdx.y): the m16 fragment's rows 0..7
+  // Rows of x per m-tile (blockIdx.y): GROUPS groups of 8, each the n8 operand of its own MMA with the same
+  // dequantized weight fragment, so a second group costs MMAs and activation loads, not dequantization.
+  static constexpr int GROUPS = GROUPS_;
+  static constexpr int ROWS = 8 * GROUPS;
   static constexpr int TN = 64 * WARPS_N;
   static constexpr int C_STRIDE = TN + 8;
   static constexpr int SMEM_BYTES = ROWS * C_STRIDE * 4;  // the CTA's FP32 tile (store_tile)
@@ -68,13 +71,15 @@ __global__ void __launch_bounds__(Cfg::THREADS, Cfg::MIN_BLOCKS) marlin_gemv_ker
   const int k16 = kb + wk;
   const int4* b_ptr = p.b + static_cast<int64_t>(k16) * (p.n_pad / 2) + tile64 * 32 + lane;
   const uint8_t* s_ptr = p.s + static_cast<int64_t>(k16) * p.n_pad + tile64 * 64 + (lane >> 2) * 8;
-  // x row lane/4 of this tile (the B fragment of X^T: k 2t, 2t+1 and 2t+8, 2t+9 with t = lane % 4). Rows past M
-  // read row M-1 instead (always in bounds, finite): an output row depends only on its own x row, and rows
-  // past M are never stored, so the loads need no predicate.
-  const int row = min(m_tile * Cfg::ROWS + (lane >> 2), p.m - 1);
-  const uint32_t* a_ptr = reinterpret_cast<const uint32_t*>(static_cast<const T*>(p.a) +
-                                                            static_cast<int64_t>(row) * p.lda + k16 * 16 +
-                                                            2 * (lane & 3));
+  // x row 8g + lane/4 of this tile for group g (the B fragment of X^T: k 2t, 2t+1 and 2t+8, 2t+9 with
+  // t = lane % 4). Rows past M read row M-1 instead (always in bounds, finite): an output row depends only on
+  // its own x row, and rows past M are never stored, so the loads need no predicate.
+  auto x_row = [&](int g) { return static_cast<int64_t>(min(m_tile * Cfg::ROWS + 8 * g + (lane >> 2), p.m - 1)); };
+  const uint32_t* a_ptr = reinterpret_cast<const uint32_t*>(static_cast<const T*>(p.a) + x_row(0) * p.lda +
+                                                            k16 * 16 + 2 * (lane & 3));
+  int64_t a_group[Cfg::GROUPS];  // group g's row relative to group 0's, in uint32 (0 for g = 0)
+#pragma unroll
+  for (int g = 0; g < Cfg::GROUPS; ++g) a_group[g] = g == 0 ? 0 : (x_row(g) - x_row(0)) * p.lda / 2;
   // 32-bit strides: advancing a pointer by one is a select and a 64-bit add, not two selects (N_pad < 2^28).
   const int b_step = Cfg::WARPS_K * (p.n_pad / 2);
   const int s_step = Cfg::WARPS_K * p.n_pad;
@@ -86,13 +91,16 @@ __global__ void __launch_bounds__(Cfg::THREADS, Cfg::MIN_BLOCKS) marlin_gemv_ker
   // steps (tile past N_pad, or no k16 steps in its slice) loads nothing.
   uint4 bq[Cfg::STEPS];
   uint2 sc[Cfg::STEPS];
-  uint32_t a_lo[Cfg::STEPS], a_hi[Cfg::STEPS];
+  uint32_t a_lo[Cfg::STEPS][Cfg::GROUPS], a_hi[Cfg::STEPS][Cfg::GROUPS];
   int loaded = 0;
   auto load = [&](int slot) {
     bq[slot] = ld_stream_v4(b_ptr);
     sc[slot] = ld_stream_v2(s_ptr);
-    a_lo[slot] = __ldg(a_ptr);
-    a_hi[slot] = __ldg(a_ptr + 4);
+#pragma unroll
+    for (int g = 0; g < Cfg::GROUPS; ++g) {
+      a_lo[slot][g] = __ldg(a_ptr + a_group[g]);
+      a_hi[slot][g] = __ldg(a_ptr + a_group[g] + 4);
+    }
     const bool advance = ++loaded < steps;
     b_ptr += advance ? b_step : 0;
     s_ptr += advance ? s_step : 0;
@@ -101,12 +109,15 @@ __global__ void __launch_bounds__(Cfg::THREADS, Cfg::MIN_BLOCKS) marlin_gemv_ker
 
   // The weights are the A operand (C^T = W X^T): one mma.m16n8k16 covers 16 output columns x 8 rows of x,
   // half the MMAs of the tiled kernel's orientation, whose 16 A rows would be 8 rows of x and 8 of zeros.
-  // acc[w] holds out[m][n] for n = 16w + lane/4 (+ 8 for [2], [3]) and m = 2 (lane % 4) (+ 1 for [1], [3]).
-  float acc[4][4];
+  // acc[g][w] holds out[m][n] for n = 16w + lane/4 (+ 8 for [2], [3]) and m = 8g + 2 (lane % 4) (+ 1 for [1],
+  // [3]).
+  float acc[Cfg::GROUPS][4][4];
 #pragma unroll
-  for (int w = 0; w < 4; ++w)
+  for (int g = 0; g < Cfg::GROUPS; ++g)
 #pragma unroll
-    for (int i = 0; i < 4; ++i) acc[w][i] = 0.0f;
+    for (int w = 0; w < 4; ++w)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) acc[g][w][i] = 0.0f;
 
   if (steps > 0) {
 #pragma unroll
@@ -114,13 +125,16 @@ __global__ void __launch_bounds__(Cfg::THREADS, Cfg::MIN_BLOCKS) marlin_gemv_ker
     for (int base = 0; base < steps; base += Cfg::STEPS) {
 #pragma unroll
       for (int u = 0; u < Cfg::STEPS; ++u) {
-        const uint32_t x_frag[2] = {a_lo[u], a_hi[u]};  // B fragment of X^T: k 2t.. and 2t+8.. of row lane/4
+        uint32_t x_frag[Cfg::GROUPS][2];  // B fragments of X^T: k 2t.. and 2t+8.. of row 8g + lane/4
+#pragma unroll
+        for (int g = 0; g < Cfg::GROUPS; ++g) x_frag[g][0] = a_lo[u][g], x_frag[g][1] = a_hi[u][g];
         const uint4 q = bq[u];
         const uint2 s = sc[u];
         if (base + u < steps) {
           dequant_k16<T>(q, s, [&](int w, const uint32_t (&b_lo)[2], const uint32_t (&b_hi)[2]) {
             const uint32_t w_frag[4] = {b_lo[0], b_hi[0], b_lo[1], b_hi[1]};  // rows: columns 16w.. and 16w+8..
-            Dtype<T>::mma(acc[w], w_frag, x_frag);
+#pragma unroll
+            for (int g = 0; g < Cfg::GROUPS; ++g) Dtype<T>::mma(acc[g][w], w_frag, x_frag[g]);
           });
         }
         load(u);
@@ -128,18 +142,20 @@ __global__ void __launch_bounds__(Cfg::THREADS, Cfg::MIN_BLOCKS) marlin_gemv_ker
     }
   }
 
-  // k-warps -> the CTA's [8 rows, TN columns] FP32 tile in shared memory (warp order), then store_tile.
+  // k-warps -> the CTA's [ROWS, TN] FP32 tile in shared memory (warp order), then store_tile.
   float* c_sh = reinterpret_cast<float*>(smem);
   reduce_k_warps<Cfg>(wk, [&](bool accumulate) {
 #pragma unroll
-    for (int w = 0; w < 4; ++w)
+    for (int g = 0; g < Cfg::GROUPS; ++g)
 #pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        const int m = 2 * (lane & 3) + (i & 1);
-        const int n = wn * 64 + 16 * w + (lane >> 2) + 8 * (i >> 1);
-        float* dst = &c_sh[m * Cfg::C_STRIDE + n];
-        *dst = accumulate ? *dst + acc[w][i] : acc[w][i];
-      }
+      for (int w = 0; w < 4; ++w)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          const int m = 8 * g + 2 * (lane & 3) + (i & 1);
+          const int n = wn * 64 + 16 * w + (lane >> 2) + 8 * (i >> 1);
+          float* dst = &c_sh[m * Cfg::C_STRIDE + n];
+          *dst = accumulate ? *dst + acc[g][w][i] : acc[g][w][i];
+        }
   });
   auto routed_id = [&](int r) -> int64_t { return r < p.m ? r : -1; };
   store_tile<T, Cfg, false>(smem, p, p.global_scale, m_tile, n_tile, split, routed_id);

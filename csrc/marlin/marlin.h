@@ -23,7 +23,7 @@ at::Tensor marlin_gemm(const at::Tensor& x, const at::Tensor& qweight, const at:
 // Names of the tile configs by index, in the order of gemm_launch.cuh's dispatch switch.
 inline std::vector<std::string> marlin_gemm_config_names() {
   return {"m16", "m32", "m64", "large", "gemv8",
-          "wg64x512", "wg64x256", "wg128x256", "wg256x128", "wg64x256w4", "wg128x256w4"};
+          "wg64x512", "wg64x256", "wg128x256", "wg256x128", "wg64x256w4", "wg128x256w4", "gemv16"};
 }
 
 // Split-K of the dense GEMM on Hopper: true (default) puts the splits of a tile in one thread-block cluster
@@ -32,9 +32,6 @@ inline std::vector<std::string> marlin_gemm_config_names() {
 // Returns the previous setting.
 bool marlin_cluster_split_k(bool enable);
 bool cluster_split_k_enabled();
-// Experiment: true lowers the split count to the largest one whose clusters are all resident at once.
-bool marlin_cluster_fit_splits(bool enable);
-bool cluster_fit_splits_enabled();
 
 // qweight/scales in the Marlin layout, global_scale fp32 [1] or [size_n] (per row) -> dense weight [size_n, size_k] in dtype
 // (bf16/fp16): e2m1 * s_b * global_scale in FP32, rounded once, as formats.marlin.marlin_dequantize

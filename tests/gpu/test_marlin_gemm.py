@@ -151,7 +151,7 @@ def test_gemm_matches_fp32_reference(m, n, k, dtype, with_bias):
 
 # nvfp4_C.marlin_gemm_configs()
 CONFIG_NAMES = ["m16", "m32", "m64", "large", "gemv8", "wg64x512", "wg64x256", "wg128x256", "wg256x128", "wg64x256w4",
-                "wg128x256w4"]
+                "wg128x256w4", "gemv16"]
 CONFIGS = range(len(CONFIG_NAMES))
 
 
@@ -196,15 +196,19 @@ def test_every_tile_config_on_any_m(config, m, n, k):
         assert rel_err(out, reference_gemm(x, w, sf, gs, bias)) < 1e-2
 
 
-GEMV8 = 4  # the decode kernel (csrc/marlin/gemv_kernel.cuh): 8-row tiles, weights streamed into registers
+# The decode kernel (csrc/marlin/gemv_kernel.cuh): weights streamed into registers, 8- or 16-row tiles.
+GEMV8, GEMV16 = CONFIG_NAMES.index("gemv8"), CONFIG_NAMES.index("gemv16")
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("m,n,k", [(1, 4096, 4096), (8, 6144, 4096), (3, 4096, 14336), (5, 28672, 4096),
-                                   (2, 100, 240), (7, 130, 1856), (9, 192, 4096), (17, 64, 112), (4, 14336, 16)])
-def test_gemv_config_on_decode_shapes(dtype, m, n, k):
+                                   (2, 100, 240), (7, 130, 1856), (9, 192, 4096), (17, 64, 112), (4, 14336, 16),
+                                   (16, 8192, 8192), (12, 6144, 4096), (13, 130, 1856), (33, 192, 4096)])
+@pytest.mark.parametrize("config", [GEMV8, GEMV16], ids=["gemv8", "gemv16"])
+def test_gemv_config_on_decode_shapes(config, dtype, m, n, k):
     """The decode kernel on the decode GEMMs of an 8B model and on awkward ones: N and K not multiples of 64,
-    M over one 8-row tile, one k16 step, deep split-K; fresh random weights over the whole E4M3 range."""
+    M over one tile (and one row group), one k16 step, deep split-K; fresh random weights over the whole E4M3
+    range."""
     w, sf = random_fp4(n, k, seed=m * 7 + n + k, pool=FINITE_E4M3[FINITE_E4M3.float().abs() > 0.5])
     w, sf = w.to(DEV), sf.to(DEV)
     q, s = ops.marlin_repack(w, sf)
@@ -212,7 +216,7 @@ def test_gemv_config_on_decode_shapes(dtype, m, n, k):
     x = torch.randn(m, k, device=DEV, generator=g).to(dtype)
     bias = torch.randn(n, device=DEV, generator=g).to(dtype)
     gs = torch.tensor(1e-3, device=DEV)
-    out, _ = run_gemm(x, q, s, gs, bias, n, k, config=GEMV8)
+    out, _ = run_gemm(x, q, s, gs, bias, n, k, config=config)
     assert not torch.isnan(out).any()
     assert rel_err(out, reference_gemm(x, w, sf, gs, bias)) < 1e-2
 
@@ -228,8 +232,9 @@ def assert_graph_replays_reproduce(run, expected, replays=3):
         assert torch.equal(static_out, expected)
 
 
-@pytest.mark.parametrize("config,m,k", [(GEMV8, 4, 14336), *((i, 200, 8192) for i in range(5, len(CONFIG_NAMES)))],
-                         ids=CONFIG_NAMES[4:])
+@pytest.mark.parametrize("config,m,k", [(GEMV8, 4, 14336), (GEMV16, 12, 14336),
+                                        *((CONFIG_NAMES.index(c), 200, 8192) for c in CONFIG_NAMES if c.startswith("wg"))],
+                         ids=["gemv8", "gemv16", *(c for c in CONFIG_NAMES if c.startswith("wg"))])
 def test_config_deterministic_under_cuda_graph_replay(config, m, k):
     """The decode and wgmma kernels (split-K in clusters or with atomic tile counters) replay bit-identically in a
     CUDA graph."""
@@ -311,7 +316,7 @@ def test_split_k_in_clusters_replays_in_cuda_graph(config, m, n, k):
     assert rel_err(eager, reference_gemm(x, w, sf, gs)) < 1e-2
 
 
-@pytest.mark.parametrize("config", [GEMV8, 0], ids=["gemv8", "m16"])
+@pytest.mark.parametrize("config", [GEMV8, GEMV16, 0], ids=["gemv8", "gemv16", "m16"])
 def test_split_k_counters_are_shared_safely_by_streams_and_graphs(config):
     """The workspace path's arrival counters are zeroed once and reused, not memset per launch
     (csrc/marlin/split_k_counters.h): launches racing on two streams, two captured graphs, and graph replays

@@ -132,9 +132,9 @@ def test_auto_profiles_once_and_runs_its_choice(fresh_selector):
         assert torch.equal(torch.cuda.get_rng_state(), rng)  # profiling leaves the global RNG alone
         choice = fresh_selector.choice(gemm_tactics.problem_key(x, n, k))
         assert choice is not None and set(choice.times_ms) | set(choice.failed) == set(gemm_tactics.tactic_set().names)
-        # Nothing failed; only a tactic not built for this M (the decode kernel past M = 8) was left out.
+        # Nothing failed; only a tactic not built for this M (the decode kernel past M = 8 or 16) was left out.
         assert all(reason.startswith("not applicable") for reason in choice.failed.values())
-        assert set(choice.failed) == ({"marlin.gemv8"} if m > 8 else set())
+        assert set(choice.failed) == {f"marlin.{c}" for c, max_m in gemm_tactics.CONFIG_MAX_M.items() if m > max_m}
         assert min(choice.times_ms.values()) == choice.times_ms[choice.best]
         chosen = gemm_tactics.tactic_set().get(choice.best)
         assert torch.equal(out, chosen.run(x, q, s, gs, None, n, k))
