@@ -7,7 +7,7 @@
     python benchmarks/bench_split_k.py [--shapes NxK,...] [--ms M,...] [--configs name,...]
 
 Same timing as bench_tactics.py (CUDA-graph replays over weight sets rotated past 2x L2, medians). A config that
-does not apply at an M (gemv8 above M = 8) is skipped. Hopper only (clusters); prints device and versions first.
+does not apply at an M (gemv8 above M = 8, gemv16 above 16) is skipped. Hopper only (clusters); prints device and versions first.
 """
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from bench_gemm import DEV, random_nvfp4_weight, sets_for  # noqa: E402
 from bench_tactics import timed  # noqa: E402
 
 import nvfp4_compile  # noqa: E402,F401  registers torch.ops.nvfp4.*
+from nvfp4_compile.ops.gemm_tactics import CONFIG_MAX_M  # noqa: E402
 
 SHAPES = "4096x4096,6144x4096,14336x4096,4096x14336,8192x8192,8192x28672,28672x8192"
 CONFIGS_BY_M = {1: "gemv8,m16", 16: "gemv16,m16", 64: "m64,wg64x256,wg64x512,wg128x256w4",
@@ -55,7 +56,7 @@ def main() -> None:
             xs = [torch.randn(m, k, device=DEV, generator=gen).to(torch.bfloat16) for _ in range(n_sets)]
             configs = (args.configs or CONFIGS_BY_M.get(m, "m16")).split(",")
             for name in configs:
-                if m > {"gemv8": 8, "gemv16": 16}.get(name, m):
+                if m > CONFIG_MAX_M.get(name, m):
                     continue
                 cfg = names.index(name)
                 calls = [(lambda x=xs[i], q=weights[i][0], s=weights[i][1]:

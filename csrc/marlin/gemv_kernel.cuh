@@ -1,4 +1,5 @@
-// Decode W4A16 NVFP4 GEMM (8 rows of A per CTA, built for M <= 8): the weight stream goes from global memory straight into registers.
+// Decode W4A16 NVFP4 GEMM (8 or 16 rows of A per CTA, built for M <= 8 / 16): the weight stream goes from global
+// memory straight into registers.
 //
 // At decode M the GEMM only has to stream the FP4 weights at the memory bandwidth, and the tiled kernel
 // (gemm_kernel.cuh) spends its issue slots elsewhere: ncu on an H200, 28672 x 4096 at M = 1, showed 0.61
@@ -6,10 +7,10 @@
 // at 0.09), i.e. ~170 instructions per warp per 512-byte k16 step: the cp.async plan, the shared-memory
 // round trip, a barrier per stage. Here a warp owns 64 columns and every WARPS_K-th k16 step of the CTA's K
 // range and keeps STEPS k16 steps of loads in flight in registers: per step one 16-byte weight load, one
-// 8-byte scale-code load and two 4-byte activation loads (row lane/4 of x: the B fragment of X^T), then the
+// 8-byte scale-code load and two 4-byte activation loads per 8 rows (row lane/4 of x: the B fragment of X^T), then the
 // tiled kernel's dequantization (dequant_k16) with the weights as the MMA's A
 // operand. No shared memory and no barrier until the end, where split-K and the epilogue are the tiled
-// kernel's (store_tile), on 8-row tiles of which rows >= M are never stored.
+// kernel's (store_tile), on 8- or 16-row tiles of which rows >= M are never stored.
 #pragma once
 
 #include "gemm_kernel.cuh"
