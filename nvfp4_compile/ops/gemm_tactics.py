@@ -37,9 +37,9 @@ def dequantize_weight(qweight, scales, global_scale, size_n: int, size_k: int, d
     return torch.ops.nvfp4_C.marlin_dequantize(qweight, scales, global_scale.reshape(-1).contiguous(), size_n, size_k, dtype)
 
 
-# Configs built for a few rows only: the decode kernel (8 or 16 rows per tile) makes one pass over the whole weight per 8 rows of x
-# (csrc/marlin/gemv_kernel.cuh), so it is not profiled for larger M buckets (a prefill-sized M would stream
-# the weight hundreds of times just to be rejected).
+# Configs built for a few rows only: the decode kernel makes one pass over the whole weight per tile of 8 or 16
+# rows of x (csrc/marlin/gemv_kernel.cuh), so it is not profiled for larger M buckets (a prefill-sized M would
+# stream the weight hundreds of times just to be rejected).
 CONFIG_MAX_M = {"gemv8": 8, "gemv16": 16}
 
 
