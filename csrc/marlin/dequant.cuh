@@ -1,8 +1,8 @@
 // In-register NVFP4 dequantization for the Marlin kernels, per activation dtype (docs/kernels.md derives the
 // constants; nvfp4_compile/formats/marlin.py holds the same numbers and tests them on the CPU).
 //
-//   nibble pair -> x2:  (q & 0x80008000) | ((q & 0x70007000) >> SHIFT)   top nibble of each 16-bit half
-//                       bf16: SHIFT 6 -> e2m1 * 2^-126     fp16: SHIFT 3 -> e2m1 * 2^-14
+//   code pair -> x2:    each E2M1 code as T bits, magnitude at 6..8 (bf16: e2m1 * 2^-126) or 9..11 (fp16:
+//                       e2m1 * 2^-14), sign at 15, taken from the layout's bit placement (kCodeBitPosition)
 //   scale codes -> x2:  codes * MUL + ADD (two codes, one per 16-bit half, decoded at once)
 //                       bf16: (code << 4) + (237 << 7) -> s * 2^119     fp16: (code << 7) + (13 << 10) -> s * 2^7
 //                       each product takes one half of that pair as both its operands (HMUL2 .H0_H0 / .H1_H1)
@@ -25,7 +25,6 @@ struct Dtype;
 
 template <>
 struct Dtype<__nv_bfloat16> {
-  static constexpr int kNibbleShift = 6;
   static constexpr uint32_t kScaleMul = 16u;
   static constexpr uint32_t kScaleAdd = (237u << 7) * 0x10001u;
 
@@ -48,7 +47,6 @@ struct Dtype<__nv_bfloat16> {
 
 template <>
 struct Dtype<__half> {
-  static constexpr int kNibbleShift = 3;
   static constexpr uint32_t kScaleMul = 128u;
   static constexpr uint32_t kScaleAdd = (13u << 10) * 0x10001u;
 
@@ -67,10 +65,51 @@ struct Dtype<__half> {
   __device__ __forceinline__ static float to_float(__half x) { return __half2float(x); }
 };
 
-// The E2M1 codes in the top nibble of each 16-bit half of q, as a pair of T (e2m1 * 2^-126 or * 2^-14).
+// The weight layout's bit placement (formats/marlin.py CODE_BIT_POSITIONS, which explains it): bit j (m0, e0,
+// e1, sign) of fragment value v of an int32 sits at word bit kCodeBitPosition[v][j]. Value pair p = (v[2p],
+// v[2p+1]) is one register of T pairs; pair 0 sits where BF16 wants it, pairs 2 and 3 rotated by 3 and 6 bits,
+// pair 1 in the four bits left per half.
+constexpr int kCodeBitPosition[8][4] = {{6, 7, 8, 15},   {22, 23, 24, 31}, {3, 4, 0, 1},     {19, 20, 16, 17},
+                                        {9, 10, 11, 18}, {25, 26, 27, 2},  {12, 13, 14, 21}, {28, 29, 30, 5}};
+
+// Eight 4-bit codes (fragment order) -> one int32 of the layout (the repack), and back (the dequantize op).
+__host__ __device__ __forceinline__ uint32_t place_codes(const uint32_t (&v)[8]) {
+  uint32_t word = 0;
+#pragma unroll
+  for (int i = 0; i < 8; ++i)
+#pragma unroll
+    for (int j = 0; j < 4; ++j) word |= ((v[i] >> j) & 1u) << kCodeBitPosition[i][j];
+  return word;
+}
+__host__ __device__ __forceinline__ uint32_t code_at(uint32_t word, int v) {
+  uint32_t code = 0;
+#pragma unroll
+  for (int j = 0; j < 4; ++j) code |= ((word >> kCodeBitPosition[v][j]) & 1u) << j;
+  return code;
+}
+
+__device__ __forceinline__ uint32_t rotr(uint32_t q, int bits) { return __funnelshift_r(q, q, bits); }
+
+// The four code pairs of an int32 as T pairs (e2m1 * 2^-126 / 2^-14), in pair order.
 template <typename T>
-__device__ __forceinline__ uint32_t nibble_pair(uint32_t q) {
-  return (q & 0x80008000u) | ((q & 0x70007000u) >> Dtype<T>::kNibbleShift);
+__device__ __forceinline__ void code_pairs(uint32_t q, uint32_t (&pair)[4]) {
+  if constexpr (std::is_same_v<T, __nv_bfloat16>) {
+    // Magnitude at 6..8, sign at 15 of each half: 8 ALU instructions. Pair 1: the multiply adds copies of the
+    // masked bits shifted by 3 (m0, e0), 8 (e1) and 14 (sign) that share no set bit, so nothing carries.
+    constexpr uint32_t kKeep = 0x81C081C0u;
+    pair[0] = q & kKeep;
+    pair[1] = ((q & 0x001B001Bu) * 0x4108u) & kKeep;
+    pair[2] = rotr(q, 3) & kKeep;
+    pair[3] = rotr(q, 6) & kKeep;
+  } else {
+    // Magnitude at 9..11, sign at 15: a magnitude and its sign move by different amounts (15 instructions).
+    constexpr uint32_t kMag = 0x0E000E00u, kSign = 0x80008000u;
+    const uint32_t r3 = rotr(q, 3);
+    pair[0] = ((q & 0x81C081C0u) * 9u) & (kMag | kSign);                     // copies << 0 and << 3
+    pair[1] = (((q & 0x00190019u) * 0x840u) & kMag) | ((q << 14) & kSign);  // copies << 6 and << 11
+    pair[2] = (q & kMag) | (r3 & kSign);
+    pair[3] = (r3 & kMag) | (rotr(q, 6) & kSign);
+  }
 }
 
 // Scale codes in bytes `byte` and `byte + 1` of `word`, both decoded by one multiply-add: s_byte in the low
@@ -96,26 +135,19 @@ __device__ __forceinline__ uint32_t pair_bits(P p) {
   return bits;
 }
 
-// One int32 of the weight layout (fragment values v0..v7 in nibble order 0,2,4,6,1,3,5,7) times its scale
-// pair (scale_pair_at: column c's scale low, column c+8's high) -> the B fragments of n8 tiles (column c: b_lo,
-// column c+8: b_hi).
+// One int32 of the weight layout (fragment values v0..v7, kCodeBitPosition) times its scale pair (scale_pair_at:
+// column c's scale low, column c+8's high) -> the B fragments of n8 tiles (column c: b_lo, column c+8: b_hi).
 template <typename T>
 __device__ __forceinline__ void dequant_int32(uint32_t q, uint32_t scales, uint32_t (&b_lo)[2], uint32_t (&b_hi)[2]) {
   using D = Dtype<T>;
   const auto s_lo = D::low(as_pair<T>(scales)), s_hi = D::high(as_pair<T>(scales));
-  auto scaled = [](uint32_t nibbles, typename D::Pair s) { return pair_bits(D::mul(as_pair<T>(nibbles), s)); };
-  if constexpr (std::is_same_v<T, __nv_bfloat16>) {
-    // Nibbles 0 and 1 of each half by one multiply instead of two shifts: x * (2^a + 2^b) is the sum of two
-    // copies of x that share no set bit (so no carries): one puts the magnitude bits at 6..8, the other the
-    // sign at 15; the mask keeps those. Bit-identical to nibble_pair (tests/formats/test_marlin_layout.py).
-    b_lo[0] = scaled(((q & 0x000F000Fu) * 0x1040u) & 0x81C081C0u, s_lo);  // copies << 6, << 12
-    b_lo[1] = scaled(((q & 0x00F000F0u) * 0x0104u) & 0x81C081C0u, s_lo);  // copies << 2, << 8
-  } else {
-    b_lo[0] = scaled(nibble_pair<T>(q << 12), s_lo);  // nibbles 0,4 = v0,v1: k = r, r+1
-    b_lo[1] = scaled(nibble_pair<T>(q << 8), s_lo);   // nibbles 1,5 = v2,v3: k = r+8, r+9
-  }
-  b_hi[0] = scaled(nibble_pair<T>(q << 4), s_hi);  // nibbles 2,6 = v4,v5
-  b_hi[1] = scaled(nibble_pair<T>(q), s_hi);       // nibbles 3,7 = v6,v7
+  auto scaled = [](uint32_t codes, typename D::Pair s) { return pair_bits(D::mul(as_pair<T>(codes), s)); };
+  uint32_t pair[4];
+  code_pairs<T>(q, pair);
+  b_lo[0] = scaled(pair[0], s_lo);  // v0, v1: column c, k = r, r+1
+  b_lo[1] = scaled(pair[1], s_lo);  // v2, v3: column c, k = r+8, r+9
+  b_hi[0] = scaled(pair[2], s_hi);  // v4, v5: column c+8
+  b_hi[1] = scaled(pair[3], s_hi);  // v6, v7
 }
 
 }  // namespace nvfp4

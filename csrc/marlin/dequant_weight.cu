@@ -15,6 +15,7 @@
 
 #include <cstdint>
 
+#include "dequant.cuh"
 #include "marlin.h"
 
 namespace nvfp4 {
@@ -85,8 +86,6 @@ __global__ void __launch_bounds__(kThreads) marlin_dequantize_kernel(const int4*
                               (lane >> 2));
     const uint32_t word[4] = {static_cast<uint32_t>(words.x), static_cast<uint32_t>(words.y),
                               static_cast<uint32_t>(words.z), static_cast<uint32_t>(words.w)};
-    // Fragment value v sits in nibble kNibble[v] (formats.marlin.PACK_ORDER inverted).
-    constexpr int kNibble[8] = {0, 4, 1, 5, 2, 6, 3, 7};
     const int k_local = warp * 16 + 2 * (lane & 3);
 #pragma unroll
     for (int j = 0; j < 4; ++j) {
@@ -99,7 +98,7 @@ __global__ void __launch_bounds__(kThreads) marlin_dequantize_kernel(const int4*
         const float d = gs_per_row ? __ldg(global_scale + min(nt * 64 + 16 * j + 8 * h + (lane >> 2), n - 1)) : d0;
         uint32_t c[4];
 #pragma unroll
-        for (int i = 0; i < 4; ++i) c[i] = (word[j] >> (4 * kNibble[4 * h + i])) & 15u;
+        for (int i = 0; i < 4; ++i) c[i] = code_at(word[j], 4 * h + i);
         using P = typename Pair<T>::type;
         P* row = reinterpret_cast<P*>(tile + (16 * j + 8 * h + (lane >> 2)) * kRowStride + k_local);
         row[0] = Pair<T>::make(dequant(c[0], sv, d), dequant(c[1], sv, d));

@@ -155,7 +155,7 @@ struct WeightStageLoader {
   }
 };
 
-// One k16 step (one scale block) of a warp: 16 x 64 weights (one 16-byte int4 per lane: 4 int32 of nibble
+// One k16 step (one scale block) of a warp: 16 x 64 weights (one 16-byte int4 per lane: 4 int32 of code
 // pairs) and their 8-byte scale codes dequantized in registers into the B fragments of n8 tiles 2w, 2w+1 (w =
 // 0..3), handed to mma(w, b_lo, b_hi).
 template <typename T, class Mma>

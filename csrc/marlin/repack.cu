@@ -7,6 +7,7 @@
 
 #include <cstdint>
 
+#include "dequant.cuh"
 #include "marlin.h"
 
 namespace nvfp4 {
@@ -26,7 +27,7 @@ __device__ __forceinline__ uint32_t scale_code(uint8_t e4m3) {
 }
 
 // Codes of bytes holding k = kk, kk+1 of row `row`, with the block scale's sign folded in and zero-scale
-// blocks zeroed; (lo, hi) nibbles. Rows/columns outside [n, k] are zero (padding).
+// blocks zeroed; (lo, hi) = the byte's low and high nibble. Rows/columns outside [n, k] are zero (padding).
 __device__ __forceinline__ void folded_pair(const uint8_t* w, const uint8_t* sf, int64_t row, int64_t kk,
                                             int64_t n, int64_t k, uint32_t& lo, uint32_t& hi) {
   lo = hi = 0;
@@ -60,11 +61,7 @@ __global__ void repack_weights_kernel(const uint8_t* __restrict__ w, const uint8
   folded_pair(we, se, c, r + 8, n, k, v[2], v[3]);
   folded_pair(we, se, c + 8, r, n, k, v[4], v[5]);
   folded_pair(we, se, c + 8, r + 8, n, k, v[6], v[7]);
-  constexpr int kPackOrder[8] = {0, 2, 4, 6, 1, 3, 5, 7};
-  uint32_t out = 0;
-#pragma unroll
-  for (int i = 0; i < 8; ++i) out |= v[kPackOrder[i]] << (4 * i);
-  q[idx] = static_cast<int32_t>(out);
+  q[idx] = static_cast<int32_t>(place_codes(v));
 }
 
 __global__ void repack_scales_kernel(const uint8_t* __restrict__ sf, uint8_t* __restrict__ s, int64_t n,

@@ -8,9 +8,17 @@ cut in 16 (k) x 64 (n) tiles; tile (kt, nt) is 128 int32 at row kt, columns nt*1
 tile, lane t in 0..31 owns the four int32 at 4t + w (w in 0..3), i.e. one 16-byte load per lane. With
 c = nt*64 + 16w + t//4 and r = kt*16 + 2*(t%4), the eight codes of int32 (t, w) are
     v = (W[c, r], W[c, r+1], W[c, r+8], W[c, r+9], W[c+8, r], W[c+8, r+1], W[c+8, r+8], W[c+8, r+9])
-and nibble i (bits 4i..4i+3) holds v[PACK_ORDER[i]]. These are exactly the mma.m16n8k16 B fragments of
-the n8 tiles 2w (column c) and 2w+1 (column c+8): nibble pairs (i, i+4) = (v[2i'], v[2i'+1]) are the two k
-values one 32-bit fragment register holds, so one mask-and-shift turns a nibble pair into a bf16x2.
+and the 4 code bits (m0, e0, e1, sign) of v[i] sit at word bits CODE_BIT_POSITIONS[i]. These are exactly the
+mma.m16n8k16 B fragments of the n8 tiles 2w (column c) and 2w+1 (column c+8): the pair (v[2p], v[2p+1]) is the
+two k values one 32-bit fragment register holds, low and high 16-bit half. The bits are placed so that the
+kernel turns each pair into a bf16x2 with one to three ALU instructions (csrc/marlin/dequant.cuh): the BF16
+form of an E2M1 code wants its magnitude at bits 6..8 and its sign at 15 of a half, so
+    pair 0 (v0, v1) is stored there already                        -> q & 0x81C081C0
+    pair 2 (v4, v5) is stored there rotated left by 3 bits         -> rotr(q, 3) & 0x81C081C0
+    pair 3 (v6, v7) is stored there rotated left by 6 bits         -> rotr(q, 6) & 0x81C081C0
+    pair 1 (v2, v3) fills the 4 bits left in each half (0, 1, 3, 4) -> ((q & 0x001B001B) * 0x4108) & 0x81C081C0
+(the multiply adds three shifted copies that share no set bit). A rotation carries a sign across halves: v4's
+sign is bit 18, v5's bit 2. BF16 takes 8 ALU instructions per int32 this way instead of 13 with nibbles.
 
 scales: uint8 [..., K_pad/16, N_pad]. Row kt holds the scale codes of k-block kt; inside every run of 64
 columns, byte 8i + j holds column i + 8j, so lane t reads the scales of its eight n8 tiles (columns
@@ -41,7 +49,14 @@ from .scales import BLOCK_SIZE
 TILE_N = 64  # columns of one 16x64 weight tile; N is padded to a multiple of this
 TILE_K = 16  # k rows of one weight tile (= one block-scale block)
 K_ALIGN = 64  # K is padded to a multiple of the smallest kernel k-tile
-PACK_ORDER = (0, 2, 4, 6, 1, 3, 5, 7)  # nibble i of an int32 holds fragment value PACK_ORDER[i]
+# CODE_BIT_POSITIONS[v][j]: the int32 bit holding bit j (0: m0, 1: e0, 2: e1, 3: sign) of fragment value v.
+# Mirrored by csrc/marlin/dequant.cuh kCodeBitPosition (tests/formats/test_marlin_layout.py compares them).
+CODE_BIT_POSITIONS = (
+    (6, 7, 8, 15), (22, 23, 24, 31),  # pair 0: in place
+    (3, 4, 0, 1), (19, 20, 16, 17),  # pair 1: the bits left over, moved by one multiply
+    (9, 10, 11, 18), (25, 26, 27, 2),  # pair 2: rotated left by 3
+    (12, 13, 14, 21), (28, 29, 30, 5),  # pair 3: rotated left by 6
+)
 SCALE_CODE_MAX = 143  # ((8 + 9) << 3) | 7: the code space (448 = 1.75 * 2^8, the largest E4M3, is 142)
 SCALE_EXP_OFFSET = 9  # code exponent field = E + 9, E in [-9, 8]
 BF16_SCALE_ADD = 237 << 7  # bf16 bits = (code << 4) + BF16_SCALE_ADD  ->  s * 2^119
@@ -93,10 +108,30 @@ def scale_values_from_codes(codes: torch.Tensor) -> torch.Tensor:
 # Logical index n = nt*64 + w*16 + h*8 + tq, k = kt*16 + kh*8 + tr*2 + kl with lane t = 4*tq + tr and
 # fragment value index v = 4h + 2kh + kl. Codes viewed as [..., NT, w, h, tq, KT, kh, tr, kl] are permuted
 # to [..., KT, NT, tq, tr, w, h, kh, kl] (tile, lane, int32, value), then the 8 values of each int32 are put
-# in nibble order.
+# at their CODE_BIT_POSITIONS.
 _TILE_PERM = (4, 0, 3, 6, 1, 2, 5, 7)  # positions within the 8 trailing dims, see above
-_NIBBLE_SRC = torch.tensor(PACK_ORDER)  # nibble i <- value PACK_ORDER[i]
-_NIBBLE_INV = torch.argsort(_NIBBLE_SRC)  # value v <- nibble _NIBBLE_INV[v]
+
+
+def _place_code_bits(values: torch.Tensor) -> torch.Tensor:
+    """[..., 8] E2M1 codes in fragment order -> [...] int32 words (CODE_BIT_POSITIONS)."""
+    v = values.to(torch.int64)
+    word = torch.zeros(v.shape[:-1], dtype=torch.int64, device=v.device)
+    for i, positions in enumerate(CODE_BIT_POSITIONS):
+        for j, pos in enumerate(positions):
+            word |= ((v[..., i] >> j) & 1) << pos
+    return torch.where(word >= 1 << 31, word - (1 << 32), word).to(torch.int32)
+
+
+def _gather_code_bits(words: torch.Tensor) -> torch.Tensor:
+    """Inverse of _place_code_bits: [...] int32 -> [..., 8] uint8 codes in fragment order."""
+    w = words.to(torch.int64) & 0xFFFFFFFF
+    values = []
+    for positions in CODE_BIT_POSITIONS:
+        code = torch.zeros_like(w)
+        for j, pos in enumerate(positions):
+            code |= ((w >> pos) & 1) << j
+        values.append(code)
+    return torch.stack(values, dim=-1).to(torch.uint8)
 
 
 def _codes_to_tiles(codes: torch.Tensor) -> torch.Tensor:
@@ -106,17 +141,15 @@ def _codes_to_tiles(codes: torch.Tensor) -> torch.Tensor:
     x = codes.reshape(*lead, nt, 4, 2, 8, kt, 2, 4, 2)
     nl = len(lead)
     x = x.permute(*range(nl), *(nl + p for p in _TILE_PERM))  # [..., KT, NT, tq, tr, w, 8 values]
-    x = x.reshape(*lead, kt, nt, 32, 4, 8)[..., _NIBBLE_SRC.to(x.device)]  # values in nibble order
-    packed = pack_fp4(x)  # [..., 4 bytes]: nibble 2b in the low half of byte b (little-endian int32)
-    return packed.contiguous().view(torch.int32).reshape(*lead, kt, nt * 128)
+    return _place_code_bits(x.reshape(*lead, kt, nt, 32, 4, 8)).reshape(*lead, kt, nt * 128)
 
 
 def _tiles_to_codes(qweight: torch.Tensor) -> torch.Tensor:
     """Inverse of _codes_to_tiles: int32 [..., K_pad/16, 2*N_pad] -> [..., N_pad, K_pad] codes."""
     *lead, kt, two_n = qweight.shape
     nt = two_n // 128
-    nibbles = unpack_fp4(qweight.contiguous().view(torch.uint8)).reshape(*lead, kt, nt, 32, 4, 8)
-    values = nibbles[..., _NIBBLE_INV.to(nibbles.device)].reshape(*lead, kt, nt, 8, 4, 4, 2, 2, 2)  # [.., tq, tr, w, h, kh, kl]
+    values = _gather_code_bits(qweight.reshape(*lead, kt, nt, 32, 4))
+    values = values.reshape(*lead, kt, nt, 8, 4, 4, 2, 2, 2)  # [.., tq, tr, w, h, kh, kl]
     nl = len(lead)
     inv = [0] * 8
     for dst, src in enumerate(_TILE_PERM):

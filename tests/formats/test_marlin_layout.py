@@ -1,5 +1,8 @@
 """formats/marlin.py: the kernel layout byte by byte, scale codes and their bf16/fp16 decode, padding,
 sign/zero folding, and repack -> unrepack -> dequantize == dequantize of the input."""
+import re
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -8,6 +11,8 @@ from nvfp4_compile.formats import marlin as M
 
 ALL_E4M3 = torch.arange(256, dtype=torch.uint8).view(torch.float8_e4m3fn)
 FINITE_E4M3 = ALL_E4M3[~torch.isnan(ALL_E4M3.float())]
+REPO = Path(__file__).resolve().parents[2]
+U32 = 0xFFFFFFFF
 
 
 def random_weight(*shape_nk, seed=0, scales=None):
@@ -26,7 +31,7 @@ def expected_int32(codes, kt, nt, t, w):
     c, r = nt * 64 + 16 * w + t // 4, kt * 16 + 2 * (t % 4)
     v = [codes[c, r], codes[c, r + 1], codes[c, r + 8], codes[c, r + 9],
          codes[c + 8, r], codes[c + 8, r + 1], codes[c + 8, r + 8], codes[c + 8, r + 9]]
-    return sum(int(v[M.PACK_ORDER[i]]) << (4 * i) for i in range(8))
+    return sum(((int(v[i]) >> j) & 1) << pos for i in range(8) for j, pos in enumerate(M.CODE_BIT_POSITIONS[i]))
 
 
 def test_weight_tiles_follow_the_documented_formula():
@@ -71,47 +76,74 @@ def _bits_to(dtype, bits):
     return torch.tensor(bits, dtype=torch.int32).to(torch.int16).view(dtype).float()
 
 
-def _nibble_pair_bf16(x):
-    """csrc/marlin/dequant.cuh nibble_pair<bf16>: the top nibble of each 16-bit half as a bf16 pair."""
-    return (x & 0x80008000) | ((x & 0x70007000) >> 6)
+def test_code_bit_positions_fill_the_word_and_match_the_kernel_header():
+    positions = [pos for value in M.CODE_BIT_POSITIONS for pos in value]
+    assert sorted(positions) == list(range(32))
+    header = (REPO / "csrc" / "marlin" / "dequant.cuh").read_text()
+    table = re.search(r"kCodeBitPosition\[8\]\[4\] = \{(.*?)\};", header, re.S).group(1)
+    rows = [tuple(int(x) for x in row.split(",")) for row in re.findall(r"\{([^{}]*)\}", table)]
+    assert tuple(rows) == M.CODE_BIT_POSITIONS
 
 
-def test_bf16_multiply_extraction_of_nibbles_0_and_1_is_bit_identical():
-    """dequant_int32<bf16> takes nibbles 0 and 1 of each half with one multiply: (q & mask) * (2^a + 2^b)
-    adds two copies of the masked bits that share no set bit (no carries), then masks magnitude (bits 6..8)
-    and sign (15). It must give nibble_pair(q << 12) and nibble_pair(q << 8) bit for bit, for every value of
-    the 16 bits involved (both halves, with every other bit set to junk)."""
-    u32 = 0xFFFFFFFF
-    for lo in range(256):  # nibble 0 and 1 of the low half; the high half gets another pattern
-        for hi in (0x00, 0x5A, 0xA5, 0xFF, lo, 255 - lo):
-            for junk in (0x0000, 0xFF00):  # nibbles 2 and 3 of each half
-                q = (lo | junk | ((hi | junk) << 16)) & u32
-                assert (((q & 0x000F000F) * 0x1040) & u32) & 0x81C081C0 == _nibble_pair_bf16((q << 12) & u32)
-                assert (((q & 0x00F000F0) * 0x0104) & u32) & 0x81C081C0 == _nibble_pair_bf16((q << 8) & u32)
+def _rotr(q, bits):
+    return ((q >> bits) | (q << (32 - bits))) & U32
+
+
+def _code_pairs(q, dtype):
+    """csrc/marlin/dequant.cuh code_pairs<T>, instruction for instruction (32-bit wrap-around arithmetic)."""
+    if dtype == torch.bfloat16:
+        keep = 0x81C081C0
+        return [q & keep, ((q & 0x001B001B) * 0x4108) & U32 & keep, _rotr(q, 3) & keep, _rotr(q, 6) & keep]
+    mag, sign = 0x0E000E00, 0x80008000
+    r3 = _rotr(q, 3)
+    return [((q & 0x81C081C0) * 9) & U32 & (mag | sign),
+            ((((q & 0x00190019) * 0x840) & U32) & mag) | ((q << 14) & U32 & sign),
+            (q & mag) | (r3 & sign),
+            (r3 & mag) | (_rotr(q, 6) & sign)]
+
+
+def _code_as_bits(code, dtype):
+    """An E2M1 code as T bits: magnitude at 6..8 (bf16, e2m1 * 2^-126) or 9..11 (fp16, e2m1 * 2^-14), sign at 15."""
+    return ((code & 8) << 12) | ((code & 7) << (6 if dtype == torch.bfloat16 else 9))
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_kernel_decode_of_codes_and_nibbles_is_exact(dtype):
-    """Emulates the kernel's register math: nibble -> e2m1 * 2^-126 (bf16) / * 2^-14 (fp16) by mask and
-    shift, code -> s * 2^119 / s * 2^7 by one multiply-add, product in the activation dtype. Every
-    (nibble, code) product must equal e2m1 * s * 2^-7 exactly (no rounding, no overflow, no flush)."""
+def test_kernel_code_pairs_extract_every_code_at_every_position(dtype):
+    """dequant.cuh code_pairs turns each pair (v[2p], v[2p+1]) of a layout int32 into T bits with masks, two
+    rotations and multiplies whose shifted copies must never carry. Checked on every code of every value, each
+    beside every code of its pair partner, with the other six values set to random codes."""
+    g = torch.Generator().manual_seed(11)
+    for p in range(4):
+        for lo in range(16):
+            for hi in range(16):
+                others = torch.randint(0, 16, (8,), generator=g)
+                values = [int(v) for v in others]
+                values[2 * p], values[2 * p + 1] = lo, hi
+                q = int(M._place_code_bits(torch.tensor(values))) & U32
+                got = _code_pairs(q, dtype)[p]
+                assert got == _code_as_bits(lo, dtype) | (_code_as_bits(hi, dtype) << 16), (p, lo, hi, values)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_kernel_decode_of_element_and_scale_codes_is_exact(dtype):
+    """Emulates the kernel's register math: E2M1 code -> e2m1 * 2^-126 (bf16) / * 2^-14 (fp16) by placing its
+    bits (code_pairs), scale code -> s * 2^119 / s * 2^7 by one multiply-add, product in the activation dtype. Every
+    (element code, scale code) product must equal e2m1 * s * 2^-7 exactly (no rounding, no overflow, no flush)."""
     codes = torch.arange(0, M.SCALE_CODE_MAX + 1)
     s = M.scale_values_from_codes(codes.to(torch.uint8)).double()
     if dtype == torch.bfloat16:
         scale = _bits_to(dtype, ((codes << 4) + M.BF16_SCALE_ADD).tolist()).double()
         assert torch.equal(scale, s * 2.0**119)
-        nib_bits = [((q << 12) & 0x8000) | (((q << 12) & 0x7000) >> 6) for q in range(16)]
-        nib = _bits_to(dtype, nib_bits).double() * 2.0**126
+        elem = _bits_to(dtype, [_code_as_bits(c, dtype) for c in range(16)]).double() * 2.0**126
     else:
         scale = _bits_to(dtype, ((codes << 7) + M.FP16_SCALE_ADD).tolist()).double()
         assert torch.equal(scale, s * 2.0**7)
-        nib_bits = [((q << 12) & 0x8000) | (((q << 12) & 0x7000) >> 3) for q in range(16)]
-        nib = _bits_to(dtype, nib_bits).double() * 2.0**14
+        elem = _bits_to(dtype, [_code_as_bits(c, dtype) for c in range(16)]).double() * 2.0**14
     e2m1 = torch.tensor([0, 0.5, 1, 1.5, 2, 3, 4, 6] * 2, dtype=torch.float64) * torch.tensor([1.0] * 8 + [-1.0] * 8)
-    assert torch.equal(nib, e2m1)
-    nib_native = nib * (2.0**-126 if dtype == torch.bfloat16 else 2.0**-14)
+    assert torch.equal(elem, e2m1)
+    elem_native = elem * (2.0**-126 if dtype == torch.bfloat16 else 2.0**-14)
     scale_native = scale
-    exact = nib_native[:, None] * scale_native[None, :]
+    exact = elem_native[:, None] * scale_native[None, :]
     rounded = exact.to(dtype).double()  # what a __hmul2 returns: the product rounded once
     assert torch.equal(rounded, exact)
     assert torch.equal(rounded * M.EPILOGUE_FACTOR, e2m1[:, None] * s[None, :])
