@@ -66,11 +66,16 @@ struct Dtype<__half> {
 };
 
 // The weight layout's bit placement (formats/marlin.py CODE_BIT_POSITIONS, which explains it): bit j (m0, e0,
-// e1, sign) of fragment value v of an int32 sits at word bit kCodeBitPosition[v][j]. Value pair p = (v[2p],
+// e1, sign) of fragment value v of an int32 sits at word bit code_bit_position(v, j). Value pair p = (v[2p],
 // v[2p+1]) is one register of T pairs; pair 0 sits where BF16 wants it, pairs 2 and 3 rotated by 3 and 6 bits,
 // pair 1 in the four bits left per half.
-constexpr int kCodeBitPosition[8][4] = {{6, 7, 8, 15},   {22, 23, 24, 31}, {3, 4, 0, 1},     {19, 20, 16, 17},
-                                        {9, 10, 11, 18}, {25, 26, 27, 2},  {12, 13, 14, 21}, {28, 29, 30, 5}};
+// (A function, not a namespace-scope array: device code may not read host variables; the unrolled loops below
+// fold every call to a constant.)
+__host__ __device__ constexpr int code_bit_position(int v, int j) {
+  constexpr int kCodeBitPosition[8][4] = {{6, 7, 8, 15},   {22, 23, 24, 31}, {3, 4, 0, 1},     {19, 20, 16, 17},
+                                          {9, 10, 11, 18}, {25, 26, 27, 2},  {12, 13, 14, 21}, {28, 29, 30, 5}};
+  return kCodeBitPosition[v][j];
+}
 
 // Eight 4-bit codes (fragment order) -> one int32 of the layout (the repack), and back (the dequantize op).
 __host__ __device__ __forceinline__ uint32_t place_codes(const uint32_t (&v)[8]) {
@@ -78,13 +83,13 @@ __host__ __device__ __forceinline__ uint32_t place_codes(const uint32_t (&v)[8])
 #pragma unroll
   for (int i = 0; i < 8; ++i)
 #pragma unroll
-    for (int j = 0; j < 4; ++j) word |= ((v[i] >> j) & 1u) << kCodeBitPosition[i][j];
+    for (int j = 0; j < 4; ++j) word |= ((v[i] >> j) & 1u) << code_bit_position(i, j);
   return word;
 }
 __host__ __device__ __forceinline__ uint32_t code_at(uint32_t word, int v) {
   uint32_t code = 0;
 #pragma unroll
-  for (int j = 0; j < 4; ++j) code |= ((word >> kCodeBitPosition[v][j]) & 1u) << j;
+  for (int j = 0; j < 4; ++j) code |= ((word >> code_bit_position(v, j)) & 1u) << j;
   return code;
 }
 
@@ -135,7 +140,7 @@ __device__ __forceinline__ uint32_t pair_bits(P p) {
   return bits;
 }
 
-// One int32 of the weight layout (fragment values v0..v7, kCodeBitPosition) times its scale pair (scale_pair_at:
+// One int32 of the weight layout (fragment values v0..v7, code_bit_position) times its scale pair (scale_pair_at:
 // column c's scale low, column c+8's high) -> the B fragments of n8 tiles (column c: b_lo, column c+8: b_hi).
 template <typename T>
 __device__ __forceinline__ void dequant_int32(uint32_t q, uint32_t scales, uint32_t (&b_lo)[2], uint32_t (&b_hi)[2]) {
