@@ -95,10 +95,11 @@ def bench_shape(n: int, k: int, m_values, l2_bytes: int, bandwidth: float, gen: 
 
         columns = {"marlin": op_calls("marlin"), "auto": op_calls("auto"),
                    "cublas": [(lambda x=xs[i], w=w_bf16[i]: x @ w.t()) for i in range(bf16_sets)]}
-        # Each column timed twice in a row, the lower median kept: timed once, the column measured first after a
-        # new shape's weights read 5-20% slow at M = 1 (seventh session: marlin 21.2 vs auto 17.2 us on 4096x14336,
-        # the same gemv8 kernel; bench_tactics.py timed it at 17.0-17.4 us). Not yet run on a GPU.
-        times = {name: min(time_calls(calls) for _ in range(2)) for name, calls in columns.items()}
+        # Two rounds over the columns, the lower median of each kept. Timed once, the column measured first after
+        # a new shape's weights read 5-20% slow at M = 1 (seventh session: marlin 21.2 vs auto 17.2 us on
+        # 4096x14336, the same gemv8 kernel); timing each column twice in a row still left up to 10% (eighth).
+        rounds = [{name: time_calls(calls) for name, calls in columns.items()} for _ in range(2)]
+        times = {name: min(r[name] for r in rounds) for name in columns}
         marlin, auto, cublas = times["marlin"], times["auto"], times["cublas"]
         floor = (fp4_bytes + 2 * m * k + 2 * m * n) / bandwidth * 1e3
         rows.append((n, k, m, marlin, auto, cublas, floor))
