@@ -10,7 +10,7 @@ For (N, K) in the Llama-style shapes and M in {1, 16, 64, 256, 1024, 4096}: medi
 Timing: each measured callable is captured in a CUDA graph that runs it over several input sets (rotated so
 the sets together exceed twice the L2 size, so weights come from HBM as in a real model), the graph is
 replayed many times, CUDA events give a time per replay; the median over replays divided by the calls per
-replay is reported (the lower of two such medians taken back to back). Inputs are random (never zeros). Prints
+replay is reported (two rounds over the columns, the lower median of each). Inputs are random (never zeros). Prints
 the device and torch version first.
 """
 from __future__ import annotations

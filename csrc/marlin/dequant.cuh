@@ -2,7 +2,7 @@
 // constants; nvfp4_compile/formats/marlin.py holds the same numbers and tests them on the CPU).
 //
 //   code pair -> x2:    each E2M1 code as T bits, magnitude at 6..8 (bf16: e2m1 * 2^-126) or 9..11 (fp16:
-//                       e2m1 * 2^-14), sign at 15, taken from the layout's bit placement (kCodeBitPosition)
+//                       e2m1 * 2^-14), sign at 15, taken from the layout's bit placement (code_bit_position)
 //   scale codes -> x2:  codes * MUL + ADD (two codes, one per 16-bit half, decoded at once)
 //                       bf16: (code << 4) + (237 << 7) -> s * 2^119     fp16: (code << 7) + (13 << 10) -> s * 2^7
 //                       each product takes one half of that pair as both its operands (HMUL2 .H0_H0 / .H1_H1)
@@ -107,7 +107,7 @@ __device__ __forceinline__ void code_pairs(uint32_t q, uint32_t (&pair)[4]) {
     pair[2] = rotr(q, 3) & kKeep;
     pair[3] = rotr(q, 6) & kKeep;
   } else {
-    // Magnitude at 9..11, sign at 15: a magnitude and its sign move by different amounts (15 instructions).
+    // Magnitude at 9..11, sign at 15: a magnitude and its sign move by different amounts (14 instructions).
     constexpr uint32_t kMag = 0x0E000E00u, kSign = 0x80008000u;
     const uint32_t r3 = rotr(q, 3);
     pair[0] = ((q & 0x81C081C0u) * 9u) & (kMag | kSign);                     // copies << 0 and << 3

@@ -50,7 +50,7 @@ TILE_N = 64  # columns of one 16x64 weight tile; N is padded to a multiple of th
 TILE_K = 16  # k rows of one weight tile (= one block-scale block)
 K_ALIGN = 64  # K is padded to a multiple of the smallest kernel k-tile
 # CODE_BIT_POSITIONS[v][j]: the int32 bit holding bit j (0: m0, 1: e0, 2: e1, 3: sign) of fragment value v.
-# Mirrored by csrc/marlin/dequant.cuh kCodeBitPosition (tests/formats/test_marlin_layout.py compares them).
+# Mirrored by the table in csrc/marlin/dequant.cuh code_bit_position (tests/formats/test_marlin_layout.py compares).
 CODE_BIT_POSITIONS = (
     (6, 7, 8, 15), (22, 23, 24, 31),  # pair 0: in place
     (3, 4, 0, 1), (19, 20, 16, 17),  # pair 1: the bits left over, moved by one multiply
