@@ -13,6 +13,8 @@
 // kernel's (store_tile), on 8- or 16-row tiles of which rows >= M are never stored.
 #pragma once
 
+#include <type_traits>
+
 #include "gemm_kernel.cuh"
 
 namespace nvfp4 {
@@ -94,7 +96,9 @@ __global__ void __launch_bounds__(Cfg::THREADS, Cfg::MIN_BLOCKS) marlin_gemv_ker
   uint2 sc[Cfg::STEPS];
   uint32_t a_lo[Cfg::STEPS][Cfg::GROUPS], a_hi[Cfg::STEPS][Cfg::GROUPS];
   int loaded = 0;
-  auto load = [&](int slot) {
+  // kClamp: the pointers stop at the warp's last step (the prologue and the last ring turns); else they advance
+  // unconditionally (the steady state, where every load is for a step before the last).
+  auto load = [&](int slot, auto clamp) {
     bq[slot] = ld_stream_v4(b_ptr);
     sc[slot] = ld_stream_v2(s_ptr);
 #pragma unroll
@@ -102,11 +106,13 @@ __global__ void __launch_bounds__(Cfg::THREADS, Cfg::MIN_BLOCKS) marlin_gemv_ker
       a_lo[slot][g] = __ldg(a_ptr + a_group[g]);
       a_hi[slot][g] = __ldg(a_ptr + a_group[g] + 4);
     }
-    const bool advance = ++loaded < steps;
+    const bool advance = !decltype(clamp)::value || ++loaded < steps;
     b_ptr += advance ? b_step : 0;
     s_ptr += advance ? s_step : 0;
     a_ptr += advance ? a_step : 0;
   };
+  constexpr std::true_type kClamp{};
+  constexpr std::false_type kAhead{};
 
   // The weights are the A operand (C^T = W X^T): one mma.m16n8k16 covers 16 output columns x 8 rows of x,
   // half the MMAs of the tiled kernel's orientation, whose 16 A rows would be 8 rows of x and 8 of zeros.
@@ -120,25 +126,36 @@ __global__ void __launch_bounds__(Cfg::THREADS, Cfg::MIN_BLOCKS) marlin_gemv_ker
 #pragma unroll
       for (int i = 0; i < 4; ++i) acc[g][w][i] = 0.0f;
 
+  auto compute = [&](int u) {
+    uint32_t x_frag[Cfg::GROUPS][2];  // B fragments of X^T: k 2t.. and 2t+8.. of row 8g + lane/4
+#pragma unroll
+    for (int g = 0; g < Cfg::GROUPS; ++g) x_frag[g][0] = a_lo[u][g], x_frag[g][1] = a_hi[u][g];
+    dequant_k16<T>(bq[u], sc[u], [&](int w, const uint32_t (&b_lo)[2], const uint32_t (&b_hi)[2]) {
+      const uint32_t w_frag[4] = {b_lo[0], b_hi[0], b_lo[1], b_hi[1]};  // rows: columns 16w.. and 16w+8..
+#pragma unroll
+      for (int g = 0; g < Cfg::GROUPS; ++g) Dtype<T>::mma(acc[g][w], w_frag, x_frag[g]);
+    });
+  };
+
   if (steps > 0) {
 #pragma unroll
-    for (int u = 0; u < Cfg::STEPS; ++u) load(u);
-    for (int base = 0; base < steps; base += Cfg::STEPS) {
+    for (int u = 0; u < Cfg::STEPS; ++u) load(u, kClamp);
+    int base = 0;
+    // Steady state: this turn computes steps base .. base + STEPS - 1 and loads the next STEPS, all before the
+    // last step, so no step needs a guard and no pointer a clamp (~6 fewer instructions per step).
+    for (; base + 2 * Cfg::STEPS <= steps; base += Cfg::STEPS) {
 #pragma unroll
       for (int u = 0; u < Cfg::STEPS; ++u) {
-        uint32_t x_frag[Cfg::GROUPS][2];  // B fragments of X^T: k 2t.. and 2t+8.. of row 8g + lane/4
+        compute(u);
+        load(u, kAhead);
+      }
+    }
+    loaded = base + Cfg::STEPS;  // the loads issued so far, as the clamped loads count them
+    for (; base < steps; base += Cfg::STEPS) {
 #pragma unroll
-        for (int g = 0; g < Cfg::GROUPS; ++g) x_frag[g][0] = a_lo[u][g], x_frag[g][1] = a_hi[u][g];
-        const uint4 q = bq[u];
-        const uint2 s = sc[u];
-        if (base + u < steps) {
-          dequant_k16<T>(q, s, [&](int w, const uint32_t (&b_lo)[2], const uint32_t (&b_hi)[2]) {
-            const uint32_t w_frag[4] = {b_lo[0], b_hi[0], b_lo[1], b_hi[1]};  // rows: columns 16w.. and 16w+8..
-#pragma unroll
-            for (int g = 0; g < Cfg::GROUPS; ++g) Dtype<T>::mma(acc[g][w], w_frag, x_frag[g]);
-          });
-        }
-        load(u);
+      for (int u = 0; u < Cfg::STEPS; ++u) {
+        if (base + u < steps) compute(u);
+        load(u, kClamp);
       }
     }
   }
