@@ -89,9 +89,10 @@ __global__ void __launch_bounds__(Cfg::THREADS, Cfg::MIN_BLOCKS) marlin_gemv_ker
   constexpr int a_step = Cfg::WARPS_K * 16 / 2;  // uint32 (two activations) per step
 
   // Ring of STEPS slots in registers. Loads are unconditional (no branch may separate a load from its slot,
-  // or the compiler funnels the ring through copies that wait on the load): once the pointers reach this
-  // warp's last step they stop advancing, so the few loads past the end re-read that step. A warp with no
-  // steps (tile past N_pad, or no k16 steps in its slice) loads nothing.
+  // or the compiler funnels the ring through copies that wait on the load): in the prologue and the last ring
+  // turns the pointers stop advancing at this warp's last step, so the few loads past the end re-read that
+  // step; in the turns before, they advance unconditionally (kAhead). A warp with no steps (tile past N_pad,
+  // or no k16 steps in its slice) loads nothing.
   uint4 bq[Cfg::STEPS];
   uint2 sc[Cfg::STEPS];
   uint32_t a_lo[Cfg::STEPS][Cfg::GROUPS], a_hi[Cfg::STEPS][Cfg::GROUPS];
