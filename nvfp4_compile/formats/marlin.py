@@ -113,25 +113,23 @@ _TILE_PERM = (4, 0, 3, 6, 1, 2, 5, 7)  # positions within the 8 trailing dims, s
 
 
 def _place_code_bits(values: torch.Tensor) -> torch.Tensor:
-    """[..., 8] E2M1 codes in fragment order -> [...] int32 words (CODE_BIT_POSITIONS)."""
-    v = values.to(torch.int64)
-    word = torch.zeros(v.shape[:-1], dtype=torch.int64, device=v.device)
+    """[..., 8] E2M1 codes in fragment order -> [...] int32 words (CODE_BIT_POSITIONS). int32 throughout (bit 31
+    wraps to the sign bit): no temporary wider than the words, so a large weight repacks in its own size."""
+    word = torch.zeros(values.shape[:-1], dtype=torch.int32, device=values.device)
     for i, positions in enumerate(CODE_BIT_POSITIONS):
+        v = values[..., i].to(torch.int32)
         for j, pos in enumerate(positions):
-            word |= ((v[..., i] >> j) & 1) << pos
-    return torch.where(word >= 1 << 31, word - (1 << 32), word).to(torch.int32)
+            word |= ((v >> j) & 1) << pos
+    return word
 
 
 def _gather_code_bits(words: torch.Tensor) -> torch.Tensor:
     """Inverse of _place_code_bits: [...] int32 -> [..., 8] uint8 codes in fragment order."""
-    w = words.to(torch.int64) & 0xFFFFFFFF
-    values = []
-    for positions in CODE_BIT_POSITIONS:
-        code = torch.zeros_like(w)
+    values = torch.zeros((*words.shape, 8), dtype=torch.uint8, device=words.device)
+    for i, positions in enumerate(CODE_BIT_POSITIONS):
         for j, pos in enumerate(positions):
-            code |= ((w >> pos) & 1) << j
-        values.append(code)
-    return torch.stack(values, dim=-1).to(torch.uint8)
+            values[..., i] |= (((words >> pos) & 1) << j).to(torch.uint8)
+    return values
 
 
 def _codes_to_tiles(codes: torch.Tensor) -> torch.Tensor:
