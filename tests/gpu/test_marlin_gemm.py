@@ -157,7 +157,7 @@ CONFIGS = range(len(CONFIG_NAMES))
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("m", [1, 16, 40, 2304])
-@pytest.mark.parametrize("config", CONFIGS)
+@pytest.mark.parametrize("config", CONFIGS, ids=CONFIG_NAMES)
 def test_identity_gemm_reproduces_every_weight_exactly(dtype, m, config):
     """x = rows of the identity: out[i, n] = w[n, i] exactly (one product, no accumulation rounding). Block b
     of every row has the b-th finite E4M3 value as its scale (all 254: +-0, subnormals, up to +-448) over
@@ -181,7 +181,7 @@ def test_config_names():
     assert list(torch.ops.nvfp4_C.marlin_gemm_configs()) == CONFIG_NAMES
 
 
-@pytest.mark.parametrize("config", CONFIGS)
+@pytest.mark.parametrize("config", CONFIGS, ids=CONFIG_NAMES)
 @pytest.mark.parametrize("m,n,k", [(1, 192, 4096), (33, 100, 240), (200, 4096, 192), (7, 130, 1856)])
 def test_every_tile_config_on_any_m(config, m, n, k):
     """Each config is correct for any M (tiles beyond M, N, K padding, split-K on and off), with bias."""
@@ -388,7 +388,7 @@ def test_wgmma_configs_on_model_shapes(config, m, n, k):
         assert rel_err(out, reference_gemm(x, w, sf, gs, bias)) < 1e-2
 
 
-@pytest.mark.parametrize("tactic", [*CONFIGS, "dequant", "auto"])
+@pytest.mark.parametrize("tactic", [*CONFIGS, "dequant", "auto"], ids=[*CONFIG_NAMES, "dequant", "auto"])
 @pytest.mark.parametrize("m,widths,k", [(1, (4096, 1024, 1024), 4096), (9, (40, 24, 96), 192), (300, (130, 70), 1856)])
 def test_per_column_global_scale(tactic, m, widths, k):
     """Merged siblings (passes/merge_siblings.py): one global scale per output column, scales far apart."""
