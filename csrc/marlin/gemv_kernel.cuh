@@ -96,9 +96,7 @@ __global__ void __launch_bounds__(Cfg::THREADS, Cfg::MIN_BLOCKS) marlin_gemv_ker
   uint4 bq[Cfg::STEPS];
   uint2 sc[Cfg::STEPS];
   uint32_t a_lo[Cfg::STEPS][Cfg::GROUPS], a_hi[Cfg::STEPS][Cfg::GROUPS];
-  int loaded = 0;
-  // kClamp: the pointers stop at the warp's last step (the prologue and the last ring turns); else they advance
-  // unconditionally (the steady state, where every load is for a step before the last).
+  int loaded = 0;  // loads issued, counted by the clamped loads (the steady turns leave it to their caller)
   auto load = [&](int slot, auto clamp) {
     bq[slot] = ld_stream_v4(b_ptr);
     sc[slot] = ld_stream_v2(s_ptr);
