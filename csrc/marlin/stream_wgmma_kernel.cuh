@@ -21,6 +21,8 @@
 // kernels': FP32 tile in shared memory (warpgroups added in order), split-K, epilogue (store_tile).
 #pragma once
 
+#include <type_traits>
+
 #include "gemv_kernel.cuh"
 #include "wgmma.cuh"
 
@@ -114,8 +116,9 @@ __global__ void __launch_bounds__(Cfg::THREADS, Cfg::MIN_BLOCKS) marlin_stream_w
   const int s_step = p.n_pad;
   uint32_t bq[Cfg::STEPS][Cfg::FRAGS];
   uint32_t sc[Cfg::STEPS][Cfg::FRAGS / 2];
-  int loaded = 0;
-  auto load = [&](int slot) {
+  int loaded = 0;  // loads issued; `clamp`: the pointers stop at the last step (else the turn's loads are all
+                   // for steps before it and the caller counts them)
+  auto load = [&](int slot, auto clamp) {
     if constexpr (Cfg::FRAGS == 4) {
       const uint4 v = ld_stream_v4(reinterpret_cast<const int4*>(b_ptr));
       bq[slot][0] = v.x, bq[slot][1] = v.y, bq[slot][2] = v.z, bq[slot][3] = v.w;
@@ -126,10 +129,12 @@ __global__ void __launch_bounds__(Cfg::THREADS, Cfg::MIN_BLOCKS) marlin_stream_w
       bq[slot][0] = v.x, bq[slot][1] = v.y;
       sc[slot][0] = ld_stream_u32(s_ptr);
     }
-    const bool advance = ++loaded < steps;
+    const bool advance = !decltype(clamp)::value || ++loaded < steps;
     b_ptr += advance ? b_step : 0;
     s_ptr += advance ? s_step : 0;
   };
+  constexpr std::true_type kClamp{};
+  constexpr std::false_type kAhead{};
 
   float acc[Cfg::FRAGS][Cfg::NTOK / 2];
 #pragma unroll
@@ -171,7 +176,7 @@ __global__ void __launch_bounds__(Cfg::THREADS, Cfg::MIN_BLOCKS) marlin_stream_w
   cp_async_commit();
   if (steps > 0) {
 #pragma unroll
-    for (int u = 0; u < Cfg::STEPS; ++u) load(u);
+    for (int u = 0; u < Cfg::STEPS; ++u) load(u, kClamp);
   }
   for (int c = 0; c < chunks; ++c) {
     cp_async_wait<1>();  // chunk c has landed (c + 1 may still be in flight)
@@ -180,10 +185,19 @@ __global__ void __launch_bounds__(Cfg::THREADS, Cfg::MIN_BLOCKS) marlin_stream_w
     const uint32_t buf_addr = smem_addr(smem + (c & 1) * Cfg::BUF_BYTES);
     for (int base = c * Cfg::CHUNK; base < (c + 1) * Cfg::CHUNK && base < steps; base += Cfg::STEPS) {
       const uint64_t turn_desc = sw128_kmajor_desc(buf_addr + (base - c * Cfg::CHUNK) / 4 * Cfg::TILE_BYTES);
+      if (base + 2 * Cfg::STEPS <= steps) {  // steady turn: every load is for a step before the last
 #pragma unroll
-      for (int u = 0; u < Cfg::STEPS; ++u) {
-        if (base + u < steps) compute(u, u, turn_desc);
-        load(u);
+        for (int u = 0; u < Cfg::STEPS; ++u) {
+          compute(u, u, turn_desc);
+          load(u, kAhead);
+        }
+        loaded += Cfg::STEPS;
+      } else {
+#pragma unroll
+        for (int u = 0; u < Cfg::STEPS; ++u) {
+          if (base + u < steps) compute(u, u, turn_desc);
+          load(u, kClamp);
+        }
       }
     }
     __syncthreads();  // every MMA reading buffer c & 1 is done, in every warpgroup: the buffer may be refilled
