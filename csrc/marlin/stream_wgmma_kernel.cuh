@@ -185,7 +185,9 @@ __global__ void __launch_bounds__(Cfg::THREADS, Cfg::MIN_BLOCKS) marlin_stream_w
     const uint32_t buf_addr = smem_addr(smem + (c & 1) * Cfg::BUF_BYTES);
     for (int base = c * Cfg::CHUNK; base < (c + 1) * Cfg::CHUNK && base < steps; base += Cfg::STEPS) {
       const uint64_t turn_desc = sw128_kmajor_desc(buf_addr + (base - c * Cfg::CHUNK) / 4 * Cfg::TILE_BYTES);
-      if (base + 2 * Cfg::STEPS <= steps) {  // steady turn: every load is for a step before the last
+      // Steady turn: every load is for a step strictly before the last, so the pointers never pass it (the
+      // clamped turns load at them; gemv_kernel.cuh).
+      if (base + 2 * Cfg::STEPS < steps) {
 #pragma unroll
         for (int u = 0; u < Cfg::STEPS; ++u) {
           compute(u, u, turn_desc);
