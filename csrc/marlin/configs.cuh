@@ -20,8 +20,6 @@ using ConfigLarge = GemmConfig<4, 2, 256, 64, 4, 256, 1>;
 using ConfigGemv8 = GemvConfig<2, 4, 6, 2>;
 // 16 rows (M = 9..16): two MMAs per dequantized fragment, a ring of 5 steps to stay within 2 CTAs per SM.
 using ConfigGemv16 = GemvConfig<2, 4, 5, 2, 2>;
-// The same 16 rows with x through shared memory (chunks of 64 k16 steps): no x slots in the ring, so 8 steps.
-using ConfigGemv16s = GemvConfig<2, 4, 8, 2, 2, 64>;
 constexpr int kGemvMinStepsPerWarp = 4;  // split K no finer than this many k16 steps per warp
 // Hopper warpgroup MMA (wgmma_kernel.cuh): WgmmaConfig<NTOK rows of x, FRAGS, warpgroups, STAGES, MIN_BLOCKS>,
 // named rows x columns of the CTA tile; a warp dequantizes 16 * FRAGS columns per k16 step.
@@ -36,5 +34,6 @@ using ConfigWg128x256w4 = WgmmaConfig<128, 1, 4, 5, 1>;
 // Decode-kernel weight stream on wgmma (stream_wgmma_kernel.cuh): StreamWgmmaConfig<NTOK rows of x, FRAGS,
 // warpgroups, STEPS, CHUNK k16 steps of activations per buffer, MIN_BLOCKS>, named rows x columns.
 using ConfigSw16x512 = StreamWgmmaConfig<16, 4, 2, 8, 48, 2>;
+using ConfigSw16x256 = StreamWgmmaConfig<16, 4, 1, 8, 32, 4>;
 
 }  // namespace nvfp4

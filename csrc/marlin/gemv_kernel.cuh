@@ -19,7 +19,7 @@
 
 namespace nvfp4 {
 
-template <int WARPS_N_, int WARPS_K_, int STEPS_, int MIN_BLOCKS_, int GROUPS_ = 1, int X_CHUNK_ = 0>
+template <int WARPS_N_, int WARPS_K_, int STEPS_, int MIN_BLOCKS_, int GROUPS_ = 1>
 struct GemvConfig {
   static constexpr int MB = 1;
   static constexpr int WARPS_M = 1;
@@ -34,15 +34,7 @@ struct GemvConfig {
   static constexpr int ROWS = 8 * GROUPS;
   static constexpr int TN = 64 * WARPS_N;
   static constexpr int C_STRIDE = TN + 8;
-  // X_CHUNK > 0: x goes through shared memory in chunks of X_CHUNK k16 steps of the CTA (two buffers of
-  // 512 bytes per step), not through each warp's loads (see "x in shared memory" below).
-  static constexpr int X_CHUNK = X_CHUNK_;
-  static constexpr int X_STEP_BYTES = ROWS * 32;
-  static constexpr int X_BUF_BYTES = X_CHUNK * X_STEP_BYTES;
-  static constexpr int C_BYTES = ROWS * C_STRIDE * 4;  // the CTA's FP32 tile (store_tile)
-  static constexpr int SMEM_BYTES = C_BYTES > 2 * X_BUF_BYTES ? C_BYTES : 2 * X_BUF_BYTES;
-  static_assert(X_CHUNK == 0 || (GROUPS == 2 && WARPS_K == 4 && X_CHUNK % (WARPS_K * STEPS) == 0),
-                "x in shared memory: 16 rows (one ldmatrix.x4 per step), 4 k-warps, chunks of whole ring turns");
+  static constexpr int SMEM_BYTES = ROWS * C_STRIDE * 4;  // the CTA's FP32 tile (store_tile)
 };
 
 // Read-only loads: the weight stream is used once (no L1 allocation); activations are re-read by every
@@ -76,7 +68,6 @@ __global__ void __launch_bounds__(Cfg::THREADS, Cfg::MIN_BLOCKS) marlin_gemv_ker
   const int kb = static_cast<int>(static_cast<int64_t>(split) * k16_total / p.splits);
   const int ke = static_cast<int>(static_cast<int64_t>(split + 1) * k16_total / p.splits);
   const int tile64 = n_tile * Cfg::WARPS_N + wn;
-  constexpr bool kXShared = Cfg::X_CHUNK > 0;
   int steps = ke - kb - wk > 0 ? (ke - kb - wk + Cfg::WARPS_K - 1) / Cfg::WARPS_K : 0;
   if (tile64 >= p.n_pad / 64) steps = 0;
 
@@ -111,17 +102,15 @@ __global__ void __launch_bounds__(Cfg::THREADS, Cfg::MIN_BLOCKS) marlin_gemv_ker
   auto load = [&](int slot, auto clamp) {
     bq[slot] = ld_stream_v4(b_ptr);
     sc[slot] = ld_stream_v2(s_ptr);
-    if constexpr (!kXShared) {
 #pragma unroll
-      for (int g = 0; g < Cfg::GROUPS; ++g) {
-        a_lo[slot][g] = __ldg(a_ptr + a_group[g]);
-        a_hi[slot][g] = __ldg(a_ptr + a_group[g] + 4);
-      }
+    for (int g = 0; g < Cfg::GROUPS; ++g) {
+      a_lo[slot][g] = __ldg(a_ptr + a_group[g]);
+      a_hi[slot][g] = __ldg(a_ptr + a_group[g] + 4);
     }
     const bool advance = !decltype(clamp)::value || ++loaded < steps;
     b_ptr += advance ? b_step : 0;
     s_ptr += advance ? s_step : 0;
-    if constexpr (!kXShared) a_ptr += advance ? a_step : 0;
+    a_ptr += advance ? a_step : 0;
   };
   constexpr std::true_type kClamp{};
   constexpr std::false_type kAhead{};
@@ -138,17 +127,10 @@ __global__ void __launch_bounds__(Cfg::THREADS, Cfg::MIN_BLOCKS) marlin_gemv_ker
 #pragma unroll
       for (int i = 0; i < 4; ++i) acc[g][w][i] = 0.0f;
 
-  // x_step: with x in shared memory, the step's 16 x 16 block (this lane's ldmatrix row address).
-  auto compute = [&](int u, const uint8_t* x_step) {
+  auto compute = [&](int u) {
     uint32_t x_frag[Cfg::GROUPS][2];  // B fragments of X^T: k 2t.. and 2t+8.. of row 8g + lane/4
-    if constexpr (kXShared) {
-      uint32_t r[4];
-      ldmatrix_x4(r, x_step);
-      x_frag[0][0] = r[0], x_frag[0][1] = r[1], x_frag[1][0] = r[2], x_frag[1][1] = r[3];
-    } else {
 #pragma unroll
-      for (int g = 0; g < Cfg::GROUPS; ++g) x_frag[g][0] = a_lo[u][g], x_frag[g][1] = a_hi[u][g];
-    }
+    for (int g = 0; g < Cfg::GROUPS; ++g) x_frag[g][0] = a_lo[u][g], x_frag[g][1] = a_hi[u][g];
     dequant_k16<T>(bq[u], sc[u], [&](int w, const uint32_t (&b_lo)[2], const uint32_t (&b_hi)[2]) {
       const uint32_t w_frag[4] = {b_lo[0], b_hi[0], b_lo[1], b_hi[1]};  // rows: columns 16w.. and 16w+8..
 #pragma unroll
@@ -156,78 +138,7 @@ __global__ void __launch_bounds__(Cfg::THREADS, Cfg::MIN_BLOCKS) marlin_gemv_ker
     });
   };
 
-  if constexpr (kXShared) {
-    // x in shared memory. At 16 rows the per-warp x loads above cost more than the weights: each 4-byte load
-    // of a fragment touches 8 rows, i.e. 8 L1 wavefronts, 32 per k16 step against 4 for the 512-byte weight
-    // load (H200, 8192 x 8192: 21 us at M = 16 vs 18 us at M = 8 with the same instructions, the difference
-    // growing with the weight size). Here the CTA copies x chunk by chunk into shared memory with coalesced
-    // cp.async (two buffers of X_CHUNK steps, two barriers per chunk) and a warp takes a step's fragments of
-    // both row groups with one ldmatrix.x4 (4 wavefronts). The weight ring is unchanged, minus its x slots.
-    //
-    // Step block (512 bytes, CTA step jj of the chunk): row r's 16-byte halves h at line r / 4, slot
-    // (2 (r % 4) + h) ^ (r / 4 % 2) ^ 2 (jj % 4): an ldmatrix (8 rows, one half) and a copy instruction (one
-    // row, 16 halves) each touch 8 distinct slots, so neither has bank conflicts.
-    auto x_offset = [](int jj, int r, int h) {
-      return jj * Cfg::X_STEP_BYTES + (r >> 2) * 128 + 16 * (((2 * (r & 3) + h) ^ ((r >> 2) & 1)) ^ (2 * (jj & 3)));
-    };
-    const int chunks = (ke - kb + Cfg::X_CHUNK - 1) / Cfg::X_CHUNK;
-    const int m0 = m_tile * Cfg::ROWS;
-    auto load_x_chunk = [&](int c) {  // every thread; rows past M and steps past the CTA's are zero-filled
-      uint8_t* buf = smem + (c & 1) * Cfg::X_BUF_BYTES;
-      int tid_here = tid;  // opaque: else the addresses are hoisted out of the chunk loop and held in registers
-      asm volatile("" : "+r"(tid_here));
-#pragma unroll
-      for (int it = 0; it < Cfg::ROWS * 2 * Cfg::X_CHUNK / Cfg::THREADS; ++it) {
-        const int i = tid_here + it * Cfg::THREADS;
-        const int r = i / (2 * Cfg::X_CHUNK), jj = (i / 2) % Cfg::X_CHUNK, h = i % 2;  // a warp: 512 bytes of a row
-        const int step = kb + c * Cfg::X_CHUNK + jj;
-        const bool ok = step < ke && m0 + r < p.m;
-        const T* src = ok ? static_cast<const T*>(p.a) + static_cast<int64_t>(m0 + r) * p.lda + step * 16 + h * 8
-                          : static_cast<const T*>(p.a);
-        cp_async16(buf + x_offset(jj, r, h), src, ok);
-      }
-    };
-    // This lane's ldmatrix row: matrix lane / 8 = (row group, half), its row lane % 8. A warp's CTA steps in
-    // chunk c are jj = wk + WARPS_K i (jj % 4 = wk).
-    const int lane_row = (lane & 7) + 8 * (lane >> 4), lane_half = (lane >> 3) & 1;
-    const int lane_offset = x_offset(wk, lane_row, lane_half);
-    constexpr int kPerChunk = Cfg::X_CHUNK / Cfg::WARPS_K;  // this warp's steps per chunk
-
-    load_x_chunk(0);
-    cp_async_commit();
-    if (chunks > 1) load_x_chunk(1);
-    cp_async_commit();
-    if (steps > 0) {
-#pragma unroll
-      for (int u = 0; u < Cfg::STEPS; ++u) load(u, kClamp);
-    }
-    for (int c = 0; c < chunks; ++c) {
-      cp_async_wait<1>();  // chunk c has landed (c + 1 may still be in flight)
-      __syncthreads();
-      const uint8_t* x_chunk = smem + (c & 1) * Cfg::X_BUF_BYTES + lane_offset;
-#pragma unroll
-      for (int t = 0; t < kPerChunk; t += Cfg::STEPS) {
-        const int base = c * kPerChunk + t;
-        if (base + 2 * Cfg::STEPS < steps) {  // steady turn, as below
-#pragma unroll
-          for (int u = 0; u < Cfg::STEPS; ++u) {
-            compute(u, x_chunk + (t + u) * Cfg::WARPS_K * Cfg::X_STEP_BYTES);
-            load(u, kAhead);
-          }
-          loaded += Cfg::STEPS;
-        } else if (base < steps) {  // a warp past its last step (or with none) loads nothing
-#pragma unroll
-          for (int u = 0; u < Cfg::STEPS; ++u) {
-            if (base + u < steps) compute(u, x_chunk + (t + u) * Cfg::WARPS_K * Cfg::X_STEP_BYTES);
-            load(u, kClamp);
-          }
-        }
-      }
-      __syncthreads();  // every warp is done with buffer c & 1
-      if (c + 2 < chunks) load_x_chunk(c + 2);
-      cp_async_commit();
-    }
-  } else if (steps > 0) {
+  if (steps > 0) {
 #pragma unroll
     for (int u = 0; u < Cfg::STEPS; ++u) load(u, kClamp);
     int base = 0;
@@ -238,7 +149,7 @@ __global__ void __launch_bounds__(Cfg::THREADS, Cfg::MIN_BLOCKS) marlin_gemv_ker
     for (; base + 2 * Cfg::STEPS < steps; base += Cfg::STEPS) {
 #pragma unroll
       for (int u = 0; u < Cfg::STEPS; ++u) {
-        compute(u, nullptr);
+        compute(u);
         load(u, kAhead);
       }
     }
@@ -246,7 +157,7 @@ __global__ void __launch_bounds__(Cfg::THREADS, Cfg::MIN_BLOCKS) marlin_gemv_ker
     for (; base < steps; base += Cfg::STEPS) {
 #pragma unroll
       for (int u = 0; u < Cfg::STEPS; ++u) {
-        if (base + u < steps) compute(u, nullptr);
+        if (base + u < steps) compute(u);
         load(u, kClamp);
       }
     }
