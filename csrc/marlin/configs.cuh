@@ -34,6 +34,5 @@ using ConfigWg128x256w4 = WgmmaConfig<128, 1, 4, 5, 1>;
 // Decode-kernel weight stream on wgmma (stream_wgmma_kernel.cuh): StreamWgmmaConfig<NTOK rows of x, FRAGS,
 // warpgroups, STEPS, CHUNK k16 steps of activations per buffer, MIN_BLOCKS>, named rows x columns.
 using ConfigSw16x512 = StreamWgmmaConfig<16, 4, 2, 8, 48, 2>;
-using ConfigSw16x256 = StreamWgmmaConfig<16, 4, 1, 8, 32, 4>;
 
 }  // namespace nvfp4

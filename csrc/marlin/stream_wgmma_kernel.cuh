@@ -6,6 +6,10 @@
 // per k-tile: both cost 1.3-1.5x the M = 1 time at M = 16 and 1.4-2.5x the memory floor at M = 64 (H200,
 // docs/kernels.md). Here the tokens are wgmma's N (16 or 64), so one asynchronous MMA covers 16 weight columns
 // of each warp for all the rows at once, and the weights take the decode kernel's path.
+// Measured (H200, docs/kernels.md "Ninth session"): 16 rows x 512 columns beats the decode kernel at M = 12..16
+// on the widest layers (28672 x 8192, M = 16: 50.5-51.2 vs 55.4-56.3 us) and loses where the N tiles are
+// too few to fill the GPU without deep split-K (8192 x 8192: 31 vs 21 us); 64 rows x 256 lost to the wgmma
+// kernel at M = 64 on every shape (8192 x 8192: 42.5 vs 35.5 us), so only sw16x512 is built.
 //
 // Orientation C^T = W X^T as the other kernels. A warpgroup's 4 warps each own FRAGS m16 fragments (16 columns
 // each) of the layout; wgmma j takes fragment j of every warp as its 64 rows (warp w supplies rows 16w..16w+15),
