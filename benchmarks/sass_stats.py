@@ -89,13 +89,13 @@ def main():
     out_dir = args.out_dir
     found = 0
     for name, body in kernels(load_sass(args.sass)):
-        if "marlin_gemm_kernel" not in name and "marlin_wgmma_kernel" not in name:
+        if not any(k in name for k in ("marlin_gemm_kernel", "marlin_wgmma_kernel", "marlin_stream_wgmma_kernel")):
             continue
         ops = collections.Counter(m.group(2).split(".")[0] for m in map(INSTR.match, body.split("\n")) if m)
         total = sum(ops.values())
-        cfg = re.search(r"(?:Gemm|Wgmma)ConfigI(.*?)EEE", name)
+        cfg = re.search(r"(?:Gemm|Wgmma|StreamWgmma)ConfigI(.*?)EEE", name)
         keys = ("HMMA", "HGMMA", "LDSM", "LDS", "LOP3", "SHF", "HFMA2", "HMUL2", "PRMT", "IMAD", "LDGSTS", "BAR", "LDL", "STL")
-        label = ("wgmma " if "wgmma" in name else "") + (cfg.group(1) if cfg else name[:60])
+        label = ("stream-wgmma " if "stream_wgmma" in name else "wgmma " if "wgmma" in name else "") + (cfg.group(1) if cfg else name[:60])
         line = ("bf16" if "bfloat16" in name else "fp16") + f" {label} total {total} " + " ".join(f"{k}={ops[k]}" for k in keys)
         if "wgmma" in name:
             hazards = wgmma_hazards(body)

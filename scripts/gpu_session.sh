@@ -8,6 +8,7 @@
 #   e2e-batches  the same model, decode b = 8 and 32 with release_source_weights (~4 min)
 #   splitk       split-K paths A/B (workspace vs clusters) per config, M = 1 .. 256 (benchmarks/bench_split_k.py)
 #   e2e-profile  the 32-layer decode step at b = 1, profiled: top kernels by GPU time, both models (~4 min)
+#   memcheck     compute-sanitizer memcheck over every dense config and the MoE path (scripts/memcheck_kernels.py)
 #   moe          every MoE tactic, auto and BF16 grouped_mm on the Mixtral and Qwen3-MoE layers (~2 min)
 # A device call runs at most 10 minutes: e2e and e2e-batches go in separate calls.
 set -uo pipefail
@@ -28,6 +29,12 @@ if [[ " $steps " == *" tests "* ]]; then
   echo "tests rc=$? $(( $(date +%s) - t )) s"; tail -1 "$OUT/tests.log"; grep -E "^FAILED|^ERROR" "$OUT/tests.log" | head
   python3 benchmarks/sass_stats.py > "$OUT/sass_stats.log" 2>&1
   echo "sass_stats rc=$? (1: a wgmma register hazard)"; grep -c "register_hazards=0" "$OUT/sass_stats.log"
+fi
+if [[ " $steps " == *" memcheck "* ]]; then
+  t=$(date +%s)
+  PYTORCH_NO_CUDA_MEMORY_CACHING=1 timeout 300 compute-sanitizer --tool memcheck --error-exitcode 9 --print-limit 20 \
+    python3 scripts/memcheck_kernels.py > "$OUT/memcheck.log" 2>&1
+  echo "memcheck rc=$? (9: an out-of-bounds access) $(( $(date +%s) - t )) s"; tail -25 "$OUT/memcheck.log"
 fi
 if [[ " $steps " == *" gemm "* ]]; then
   t=$(date +%s)

@@ -27,12 +27,15 @@ def test_config_names_match_the_dispatch_and_the_aliases():
 
 
 def test_decode_configs_are_profiled_up_to_their_tile_rows():
-    """gemm_tactics.CONFIG_MAX_M (the M buckets `auto` profiles a decode config for) names exactly the decode
-    kernel's configs, each up to the rows of its tile: GemvConfig<..., GROUPS> holds 8 * GROUPS rows
-    (csrc/marlin/gemv_kernel.cuh)."""
+    """gemm_tactics.CONFIG_MAX_M (the M buckets `auto` profiles a decode config for) names exactly the configs
+    that stream the whole weight once per tile of rows, each up to the rows of its tile: GemvConfig<...,
+    GROUPS> holds 8 * GROUPS rows (csrc/marlin/gemv_kernel.cuh), StreamWgmmaConfig<NTOK, ...> NTOK
+    (stream_wgmma_kernel.cuh)."""
     from nvfp4_compile.ops.gemm_tactics import CONFIG_MAX_M
 
     gemv = re.findall(r"using Config(\w+) = GemvConfig<([^>]*)>", read("configs.cuh"))
     rows = {name[0].lower() + name[1:]: 8 * (int(args.split(",")[4]) if args.count(",") == 4 else 1)
             for name, args in gemv}
+    stream = re.findall(r"using Config(\w+) = StreamWgmmaConfig<(\d+),", read("configs.cuh"))
+    rows.update({name[0].lower() + name[1:]: int(ntok) for name, ntok in stream})
     assert rows == CONFIG_MAX_M

@@ -66,9 +66,11 @@ def disassembler() -> list[str] | None:
     return [cuobjdump, "-sass"] if cuobjdump else None
 
 
-def wgmma_config_names() -> list[str]:
+def wgmma_configs() -> list[tuple[str, str]]:
+    """(kernel, config alias) of every wgmma-based config in csrc/marlin/configs.cuh."""
     text = open(os.path.join(ROOT, "csrc", "marlin", "configs.cuh")).read()
-    return re.findall(r"using (ConfigWg\w+) = WgmmaConfig<", text)
+    return [*(("marlin_wgmma_kernel", c) for c in re.findall(r"using (ConfigWg\w+) = WgmmaConfig<", text)),
+            *(("marlin_stream_wgmma_kernel", c) for c in re.findall(r"using (ConfigSw\w+) = StreamWgmmaConfig<", text))]
 
 
 @pytest.mark.slow
@@ -76,12 +78,12 @@ def test_compiled_wgmma_kernels_have_no_register_hazards(tmp_path):
     nvcc, disasm = shutil.which("nvcc"), disassembler()
     if nvcc is None or disasm is None:
         pytest.skip("needs nvcc and nvdisasm or cuobjdump")
-    configs = wgmma_config_names()
+    configs = wgmma_configs()
     assert len(configs) >= 4
     source = ['#include "marlin/configs.cuh"', "namespace nvfp4 {"]
-    for cfg in configs:
+    for kernel, cfg in configs:
         for dtype in ("__nv_bfloat16", "__half"):
-            source.append(f"template __global__ void marlin_wgmma_kernel<{dtype}, {cfg}>(const MarlinGemmParams);")
+            source.append(f"template __global__ void {kernel}<{dtype}, {cfg}>(const MarlinGemmParams);")
     source.append("}  // namespace nvfp4")
     (tmp_path / "wgmma_configs.cu").write_text("\n".join(source) + "\n")
     # The flags of setup.py and torch's CUDAExtension that shape the device code.
@@ -92,7 +94,7 @@ def test_compiled_wgmma_kernels_have_no_register_hazards(tmp_path):
     subprocess.run([nvcc, *flags, "-o", str(cubin), str(tmp_path / "wgmma_configs.cu")], check=True,
                    capture_output=True, text=True)
     sass = subprocess.run([*disasm, str(cubin)], check=True, capture_output=True, text=True).stdout
-    kernels = [(name, body) for name, body in sass_stats.kernels(sass) if "marlin_wgmma_kernel" in name]
+    kernels = [(name, body) for name, body in sass_stats.kernels(sass) if "wgmma_kernel" in name]
     assert len(kernels) == 2 * len(configs)
     for name, body in kernels:
         assert "HGMMA" in body, name

@@ -3,6 +3,7 @@
 
 #include "gemm_kernel.cuh"
 #include "gemv_kernel.cuh"
+#include "stream_wgmma_kernel.cuh"
 #include "wgmma_kernel.cuh"
 
 namespace nvfp4 {
@@ -30,5 +31,8 @@ using ConfigWg256x128 = WgmmaConfig<256, 1, 2, 4, 1>;
 // the accumulators per thread, so 16 warps per SM hide the dequantization latency.
 using ConfigWg64x256w4 = WgmmaConfig<64, 1, 4, 4, 2>;
 using ConfigWg128x256w4 = WgmmaConfig<128, 1, 4, 5, 1>;
+// Decode-kernel weight stream on wgmma (stream_wgmma_kernel.cuh): StreamWgmmaConfig<NTOK rows of x, FRAGS,
+// warpgroups, STEPS, CHUNK k16 steps of activations per buffer, MIN_BLOCKS>, named rows x columns.
+using ConfigSw16x512 = StreamWgmmaConfig<16, 4, 2, 8, 48, 2>;
 
 }  // namespace nvfp4

@@ -155,6 +155,13 @@ void launch_wgmma_with_config(MarlinGemmParams p, int device) {
   launch_tiles<marlin_wgmma_kernel<T, Cfg>, Cfg>(p, device, p.k_tiles);
 }
 
+// The stream-wgmma kernels (sm_90a only, as the wgmma ones): split K no finer than two ring turns per split.
+template <typename T, class Cfg>
+void launch_stream_wgmma_with_config(MarlinGemmParams p, int device) {
+  TORCH_CHECK(sm_major(device) == 9, "nvfp4_C::marlin_gemm: the stream-wgmma configs need a Hopper (SM 9.0) GPU");
+  launch_tiles<marlin_stream_wgmma_kernel<T, Cfg>, Cfg>(p, device, std::max(1, p.k / 16 / (2 * Cfg::STEPS)));
+}
+
 template <typename T>
 void launch_marlin_gemm(const at::Tensor& x, const at::Tensor& qweight, const at::Tensor& scales,
                         const at::Tensor& global_scale, const std::optional<at::Tensor>& bias, at::Tensor& out,
@@ -196,6 +203,7 @@ void launch_marlin_gemm(const at::Tensor& x, const at::Tensor& qweight, const at
     case 9: launch_wgmma_with_config<T, ConfigWg64x256w4>(p, device); break;
     case 10: launch_wgmma_with_config<T, ConfigWg128x256w4>(p, device); break;
     case 11: launch_gemv_with_config<T, ConfigGemv16>(p, device); break;
+    case 12: launch_stream_wgmma_with_config<T, ConfigSw16x512>(p, device); break;
     default: TORCH_CHECK(false, "nvfp4_C::marlin_gemm: no tile config ", config);
   }
 }

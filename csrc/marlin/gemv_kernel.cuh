@@ -141,8 +141,10 @@ __global__ void __launch_bounds__(Cfg::THREADS, Cfg::MIN_BLOCKS) marlin_gemv_ker
     for (int u = 0; u < Cfg::STEPS; ++u) load(u, kClamp);
     int base = 0;
     // Steady state: this turn computes steps base .. base + STEPS - 1 and loads the next STEPS, all before the
-    // last step, so no step needs a guard and no pointer a clamp (~6 fewer instructions per step).
-    for (; base + 2 * Cfg::STEPS <= steps; base += Cfg::STEPS) {
+    // last step, so no step needs a guard and no pointer a clamp (~6 fewer instructions per step). Strictly
+    // before: a turn whose loads end on the last step would leave the pointers one step past it, where the
+    // clamped turn after it reads (past the end of the tensors for the last split; scripts/memcheck_kernels.py).
+    for (; base + 2 * Cfg::STEPS < steps; base += Cfg::STEPS) {
 #pragma unroll
       for (int u = 0; u < Cfg::STEPS; ++u) {
         compute(u);

@@ -96,6 +96,9 @@ __device__ __forceinline__ void fence_fragment(uint32_t (&a)[R]) {
                ", p, 1, 1, 0; }\n"                                                                                    \
                : __VA_ARGS__ : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc))
 
+#define NVFP4_WGMMA_RS_N16(TY)                                                                                        \
+  NVFP4_WGMMA_RS(16, TY, "%0,%1,%2,%3,%4,%5,%6,%7", "{%8,%9,%10,%11}, %12", "+f"(d[0]), "+f"(d[1]), "+f"(d[2]),        \
+                 "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]))
 #define NVFP4_WGMMA_RS_N64(TY)                                                                                        \
   NVFP4_WGMMA_RS(64, TY, NVFP4_D0_31, "{%32,%33,%34,%35}, %36", NVFP4_ACC32(0))
 #define NVFP4_WGMMA_RS_N128(TY)                                                                                       \
@@ -109,17 +112,20 @@ template <typename T, int N>
 __device__ __forceinline__ void wgmma_rs(float (&d)[N / 2], const uint32_t (&a)[4], uint64_t desc) {
 #if NVFP4_HAS_WGMMA
   constexpr bool kBf16 = std::is_same_v<T, __nv_bfloat16>;
-  if constexpr (N == 64) {
+  if constexpr (N == 16) {
+    if constexpr (kBf16) NVFP4_WGMMA_RS_N16("bf16"); else NVFP4_WGMMA_RS_N16("f16");
+  } else if constexpr (N == 64) {
     if constexpr (kBf16) NVFP4_WGMMA_RS_N64("bf16"); else NVFP4_WGMMA_RS_N64("f16");
   } else if constexpr (N == 128) {
     if constexpr (kBf16) NVFP4_WGMMA_RS_N128("bf16"); else NVFP4_WGMMA_RS_N128("f16");
   } else {
-    static_assert(N == 256, "instantiated widths: 64, 128, 256");
+    static_assert(N == 256, "instantiated widths: 16, 64, 128, 256");
     if constexpr (kBf16) NVFP4_WGMMA_RS_N256("bf16"); else NVFP4_WGMMA_RS_N256("f16");
   }
 #endif
 }
 
+#undef NVFP4_WGMMA_RS_N16
 #undef NVFP4_WGMMA_RS_N64
 #undef NVFP4_WGMMA_RS_N128
 #undef NVFP4_WGMMA_RS_N256

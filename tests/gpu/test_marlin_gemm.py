@@ -151,7 +151,7 @@ def test_gemm_matches_fp32_reference(m, n, k, dtype, with_bias):
 
 # nvfp4_C.marlin_gemm_configs()
 CONFIG_NAMES = ["m16", "m32", "m64", "large", "gemv8", "wg64x512", "wg64x256", "wg128x256", "wg256x128", "wg64x256w4",
-                "wg128x256w4", "gemv16"]
+                "wg128x256w4", "gemv16", "sw16x512"]
 CONFIGS = range(len(CONFIG_NAMES))
 
 
@@ -233,8 +233,9 @@ def assert_graph_replays_reproduce(run, expected, replays=3):
 
 
 @pytest.mark.parametrize("config,m,k", [(GEMV8, 4, 14336), (GEMV16, 12, 14336),
-                                        *((CONFIG_NAMES.index(c), 200, 8192) for c in CONFIG_NAMES if c.startswith("wg"))],
-                         ids=["gemv8", "gemv16", *(c for c in CONFIG_NAMES if c.startswith("wg"))])
+                                        *((CONFIG_NAMES.index(c), 200, 8192) for c in CONFIG_NAMES if c.startswith("wg")),
+                                        *((CONFIG_NAMES.index(c), 12, 8192) for c in CONFIG_NAMES if c.startswith("sw"))],
+                         ids=["gemv8", "gemv16", *(c for c in CONFIG_NAMES if c.startswith(("wg", "sw")))])
 def test_config_deterministic_under_cuda_graph_replay(config, m, k):
     """The decode and wgmma kernels (split-K in clusters or with atomic tile counters) replay bit-identically in a
     CUDA graph."""
@@ -258,7 +259,7 @@ def test_split_k_in_clusters_is_bit_identical_to_workspace_path(config):
     """Split-K through thread-block clusters (Hopper default) and through the FP32 workspace + counters give the
     same bits: same partial sums, added in split order. Shapes give 1 .. 8 splits (clusters) and more (always
     the workspace path) for every config; both paths also match the FP32 reference."""
-    if torch.cuda.get_device_capability()[0] != 9 and CONFIG_NAMES[config].startswith("wg"):
+    if torch.cuda.get_device_capability()[0] != 9 and CONFIG_NAMES[config].startswith(("wg", "sw")):
         pytest.skip("wgmma configs need Hopper")
     cases = [(1, 4096, 4096), (3, 6144, 4096), (16, 14336, 2048), (64, 1024, 8192), (200, 4096, 8192),
              (5, 130, 1856), (1, 192, 14336)]
@@ -364,8 +365,8 @@ def test_split_k_counters_are_shared_safely_by_streams_and_graphs(config):
         torch.ops.nvfp4_C.marlin_cluster_split_k(previous)
 
 
-# The Hopper warpgroup-MMA kernel (csrc/marlin/wgmma_kernel.cuh)
-WGMMA = {name: i for i, name in enumerate(CONFIG_NAMES) if name.startswith("wg")}
+# The Hopper warpgroup-MMA kernels (csrc/marlin/wgmma_kernel.cuh, stream_wgmma_kernel.cuh)
+WGMMA = {name: i for i, name in enumerate(CONFIG_NAMES) if name.startswith(("wg", "sw"))}
 
 
 @pytest.mark.parametrize("config", WGMMA.values(), ids=WGMMA.keys())

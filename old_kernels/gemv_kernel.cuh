@@ -1,0 +1,183 @@
+// Decode W4A16 NVFP4 GEMM (8 or 16 rows of A per CTA, built for M <= 8 / 16): the weight stream goes from global
+// memory straight into registers.
+//
+// At decode M the GEMM only has to stream the FP4 weights at the memory bandwidth, and the tiled kernel
+// (gemm_kernel.cuh) spends its issue slots elsewhere: ncu on an H200, 28672 x 4096 at M = 1, showed 0.61
+// warp instructions issued per scheduler cycle for 1.94 TB/s (40% of DRAM peak; cuBLAS BF16 streams 4.1 TB/s
+// at 0.09), i.e. ~170 instructions per warp per 512-byte k16 step: the cp.async plan, the shared-memory
+// round trip, a barrier per stage. Here a warp owns 64 columns and every WARPS_K-th k16 step of the CTA's K
+// range and keeps STEPS k16 steps of loads in flight in registers: per step one 16-byte weight load, one
+// 8-byte scale-code load and two 4-byte activation loads per 8 rows (row lane/4 of x: the B fragment of X^T), then the
+// tiled kernel's dequantization (dequant_k16) with the weights as the MMA's A
+// operand. No shared memory and no barrier until the end, where split-K and the epilogue are the tiled
+// kernel's (store_tile), on 8- or 16-row tiles of which rows >= M are never stored.
+#pragma once
+
+#include <type_traits>
+
+#include "gemm_kernel.cuh"
+
+namespace nvfp4 {
+
+template <int WARPS_N_, int WARPS_K_, int STEPS_, int MIN_BLOCKS_, int GROUPS_ = 1>
+struct GemvConfig {
+  static constexpr int MB = 1;
+  static constexpr int WARPS_M = 1;
+  static constexpr int WARPS_N = WARPS_N_;
+  static constexpr int WARPS_K = WARPS_K_;
+  static constexpr int STEPS = STEPS_;  // k16 steps of loads in flight per warp
+  static constexpr int MIN_BLOCKS = MIN_BLOCKS_;
+  static constexpr int THREADS = 32 * WARPS_N * WARPS_K;
+  // Rows of x per m-tile (blockIdx.y): GROUPS groups of 8, each the n8 operand of its own MMA with the same
+  // dequantized weight fragment, so a second group costs MMAs and activation loads, not dequantization.
+  static constexpr int GROUPS = GROUPS_;
+  static constexpr int ROWS = 8 * GROUPS;
+  static constexpr int TN = 64 * WARPS_N;
+  static constexpr int C_STRIDE = TN + 8;
+  static constexpr int SMEM_BYTES = ROWS * C_STRIDE * 4;  // the CTA's FP32 tile (store_tile)
+};
+
+// Read-only loads: the weight stream is used once (no L1 allocation); activations are re-read by every
+// column warp of the CTA (L1).
+__device__ __forceinline__ uint4 ld_stream_v4(const int4* p) {
+  uint4 r;
+  asm("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];\n"
+      : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
+      : "l"(p));
+  return r;
+}
+__device__ __forceinline__ uint2 ld_stream_v2(const uint8_t* p) {
+  uint2 r;
+  asm("ld.global.nc.L1::no_allocate.v2.u32 {%0, %1}, [%2];\n" : "=r"(r.x), "=r"(r.y) : "l"(p));
+  return r;
+}
+
+template <typename T, class Cfg>
+__global__ void __launch_bounds__(Cfg::THREADS, Cfg::MIN_BLOCKS) marlin_gemv_kernel(const MarlinGemmParams p) {
+  extern __shared__ __align__(16) uint8_t smem[];
+  const int tid = threadIdx.x;
+  const int lane = tid & 31;
+  const int warp = tid >> 5;
+  const int wn = warp % Cfg::WARPS_N;
+  const int wk = warp / Cfg::WARPS_N;
+  const int n_tile = blockIdx.x, m_tile = blockIdx.y, split = blockIdx.z;
+
+  // This warp's k16 steps: k16 = kb + wk + i * WARPS_K for kb..ke, the CTA's share of the real K (rows of the
+  // layout at or past K/16 are zero padding and are not read). A 64-column tile past N_pad has no steps.
+  const int k16_total = p.k / 16;
+  const int kb = static_cast<int>(static_cast<int64_t>(split) * k16_total / p.splits);
+  const int ke = static_cast<int>(static_cast<int64_t>(split + 1) * k16_total / p.splits);
+  const int tile64 = n_tile * Cfg::WARPS_N + wn;
+  int steps = ke - kb - wk > 0 ? (ke - kb - wk + Cfg::WARPS_K - 1) / Cfg::WARPS_K : 0;
+  if (tile64 >= p.n_pad / 64) steps = 0;
+
+  const int k16 = kb + wk;
+  const int4* b_ptr = p.b + static_cast<int64_t>(k16) * (p.n_pad / 2) + tile64 * 32 + lane;
+  const uint8_t* s_ptr = p.s + static_cast<int64_t>(k16) * p.n_pad + tile64 * 64 + (lane >> 2) * 8;
+  // x row 8g + lane/4 of this tile for group g (the B fragment of X^T: k 2t, 2t+1 and 2t+8, 2t+9 with
+  // t = lane % 4). Rows past M read row M-1 instead (always in bounds, finite): an output row depends only on
+  // its own x row, and rows past M are never stored, so the loads need no predicate.
+  auto x_row = [&](int g) { return static_cast<int64_t>(min(m_tile * Cfg::ROWS + 8 * g + (lane >> 2), p.m - 1)); };
+  const uint32_t* a_ptr = reinterpret_cast<const uint32_t*>(static_cast<const T*>(p.a) + x_row(0) * p.lda +
+                                                            k16 * 16 + 2 * (lane & 3));
+  int64_t a_group[Cfg::GROUPS];  // group g's row relative to group 0's, in uint32 (0 for g = 0)
+#pragma unroll
+  for (int g = 0; g < Cfg::GROUPS; ++g) a_group[g] = g == 0 ? 0 : (x_row(g) - x_row(0)) * p.lda / 2;
+  // 32-bit strides: advancing a pointer by one is a select and a 64-bit add, not two selects (N_pad < 2^28).
+  const int b_step = Cfg::WARPS_K * (p.n_pad / 2);
+  const int s_step = Cfg::WARPS_K * p.n_pad;
+  constexpr int a_step = Cfg::WARPS_K * 16 / 2;  // uint32 (two activations) per step
+
+  // Ring of STEPS slots in registers. Loads are unconditional (no branch may separate a load from its slot,
+  // or the compiler funnels the ring through copies that wait on the load): in the prologue and the last ring
+  // turns the pointers stop advancing at this warp's last step, so the few loads past the end re-read that
+  // step; in the turns before, they advance unconditionally (kAhead). A warp with no steps (tile past N_pad,
+  // or no k16 steps in its slice) loads nothing.
+  uint4 bq[Cfg::STEPS];
+  uint2 sc[Cfg::STEPS];
+  uint32_t a_lo[Cfg::STEPS][Cfg::GROUPS], a_hi[Cfg::STEPS][Cfg::GROUPS];
+  int loaded = 0;
+  // kClamp: the pointers stop at the warp's last step (the prologue and the last ring turns); else they advance
+  // unconditionally (the steady state, where every load is for a step before the last).
+  auto load = [&](int slot, auto clamp) {
+    bq[slot] = ld_stream_v4(b_ptr);
+    sc[slot] = ld_stream_v2(s_ptr);
+#pragma unroll
+    for (int g = 0; g < Cfg::GROUPS; ++g) {
+      a_lo[slot][g] = __ldg(a_ptr + a_group[g]);
+      a_hi[slot][g] = __ldg(a_ptr + a_group[g] + 4);
+    }
+    const bool advance = !decltype(clamp)::value || ++loaded < steps;
+    b_ptr += advance ? b_step : 0;
+    s_ptr += advance ? s_step : 0;
+    a_ptr += advance ? a_step : 0;
+  };
+  constexpr std::true_type kClamp{};
+  constexpr std::false_type kAhead{};
+
+  // The weights are the A operand (C^T = W X^T): one mma.m16n8k16 covers 16 output columns x 8 rows of x,
+  // half the MMAs of the tiled kernel's orientation, whose 16 A rows would be 8 rows of x and 8 of zeros.
+  // acc[g][w] holds out[m][n] for n = 16w + lane/4 (+ 8 for [2], [3]) and m = 8g + 2 (lane % 4) (+ 1 for [1],
+  // [3]).
+  float acc[Cfg::GROUPS][4][4];
+#pragma unroll
+  for (int g = 0; g < Cfg::GROUPS; ++g)
+#pragma unroll
+    for (int w = 0; w < 4; ++w)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) acc[g][w][i] = 0.0f;
+
+  auto compute = [&](int u) {
+    uint32_t x_frag[Cfg::GROUPS][2];  // B fragments of X^T: k 2t.. and 2t+8.. of row 8g + lane/4
+#pragma unroll
+    for (int g = 0; g < Cfg::GROUPS; ++g) x_frag[g][0] = a_lo[u][g], x_frag[g][1] = a_hi[u][g];
+    dequant_k16<T>(bq[u], sc[u], [&](int w, const uint32_t (&b_lo)[2], const uint32_t (&b_hi)[2]) {
+      const uint32_t w_frag[4] = {b_lo[0], b_hi[0], b_lo[1], b_hi[1]};  // rows: columns 16w.. and 16w+8..
+#pragma unroll
+      for (int g = 0; g < Cfg::GROUPS; ++g) Dtype<T>::mma(acc[g][w], w_frag, x_frag[g]);
+    });
+  };
+
+  if (steps > 0) {
+#pragma unroll
+    for (int u = 0; u < Cfg::STEPS; ++u) load(u, kClamp);
+    int base = 0;
+    // Steady state: this turn computes steps base .. base + STEPS - 1 and loads the next STEPS, all before the
+    // last step, so no step needs a guard and no pointer a clamp (~6 fewer instructions per step).
+    for (; base + 2 * Cfg::STEPS <= steps; base += Cfg::STEPS) {
+#pragma unroll
+      for (int u = 0; u < Cfg::STEPS; ++u) {
+        compute(u);
+        load(u, kAhead);
+      }
+    }
+    loaded = base + Cfg::STEPS;  // the loads issued so far, as the clamped loads count them
+    for (; base < steps; base += Cfg::STEPS) {
+#pragma unroll
+      for (int u = 0; u < Cfg::STEPS; ++u) {
+        if (base + u < steps) compute(u);
+        load(u, kClamp);
+      }
+    }
+  }
+
+  // k-warps -> the CTA's [ROWS, TN] FP32 tile in shared memory (warp order), then store_tile.
+  float* c_sh = reinterpret_cast<float*>(smem);
+  reduce_k_warps<Cfg>(wk, [&](bool accumulate) {
+#pragma unroll
+    for (int g = 0; g < Cfg::GROUPS; ++g)
+#pragma unroll
+      for (int w = 0; w < 4; ++w)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          const int m = 8 * g + 2 * (lane & 3) + (i & 1);
+          const int n = wn * 64 + 16 * w + (lane >> 2) + 8 * (i >> 1);
+          float* dst = &c_sh[m * Cfg::C_STRIDE + n];
+          *dst = accumulate ? *dst + acc[g][w][i] : acc[g][w][i];
+        }
+  });
+  auto routed_id = [&](int r) -> int64_t { return r < p.m ? r : -1; };
+  store_tile<T, Cfg, false>(smem, p, p.global_scale, m_tile, n_tile, split, routed_id);
+}
+
+}  // namespace nvfp4
