@@ -20,8 +20,6 @@ using ConfigLarge = GemmConfig<4, 2, 256, 64, 4, 256, 1>;
 using ConfigGemv8 = GemvConfig<2, 4, 6, 2>;
 // 16 rows (M = 9..16): two MMAs per dequantized fragment, a ring of 5 steps to stay within 2 CTAs per SM.
 using ConfigGemv16 = GemvConfig<2, 4, 5, 2, 2>;
-// 256 columns with the same 4 k-warps (16 warps, one CTA per SM): each CTA's x slice feeds twice the weights.
-using ConfigGemv16x256 = GemvConfig<4, 4, 5, 1, 2>;
 constexpr int kGemvMinStepsPerWarp = 4;  // split K no finer than this many k16 steps per warp
 // Hopper warpgroup MMA (wgmma_kernel.cuh): WgmmaConfig<NTOK rows of x, FRAGS, warpgroups, STAGES, MIN_BLOCKS>,
 // named rows x columns of the CTA tile; a warp dequantizes 16 * FRAGS columns per k16 step.
