@@ -46,7 +46,7 @@ __device__ __forceinline__ uint4 ld_stream_v4(const int4* p) {
       : "l"(p));
   return r;
 }
-__device__ __forceinline__ uint2 ld_stream_v2(const uint8_t* p) {
+__device__ __forceinline__ uint2 ld_stream_v2(const void* p) {
   uint2 r;
   asm("ld.global.nc.L1::no_allocate.v2.u32 {%0, %1}, [%2];\n" : "=r"(r.x), "=r"(r.y) : "l"(p));
   return r;

@@ -28,7 +28,7 @@
 #include <type_traits>
 
 #include "gemv_kernel.cuh"
-#include "wgmma.cuh"
+#include "wgmma_kernel.cuh"  // dequant_a_fragments, store_accumulators
 
 namespace nvfp4 {
 
@@ -55,15 +55,10 @@ struct StreamWgmmaConfig {
   static_assert(A_ITERS >= 1 && (CHUNK / 4 * NTOK * 8) % THREADS == 0, "whole activation loader rounds");
 };
 
-// Read-only streaming loads of 4 and 8 bytes (the weights of FRAGS = 2, scale codes).
+// Read-only streaming load of 4 bytes (the scale codes of FRAGS = 2; 8 and 16 bytes: gemv_kernel.cuh).
 __device__ __forceinline__ uint32_t ld_stream_u32(const void* p) {
   uint32_t r;
   asm("ld.global.nc.L1::no_allocate.u32 %0, [%1];\n" : "=r"(r) : "l"(p));
-  return r;
-}
-__device__ __forceinline__ uint2 ld_stream_u64(const void* p) {
-  uint2 r;
-  asm("ld.global.nc.L1::no_allocate.v2.u32 {%0, %1}, [%2];\n" : "=r"(r.x), "=r"(r.y) : "l"(p));
   return r;
 }
 
@@ -126,10 +121,10 @@ __global__ void __launch_bounds__(Cfg::THREADS, Cfg::MIN_BLOCKS) marlin_stream_w
     if constexpr (Cfg::FRAGS == 4) {
       const uint4 v = ld_stream_v4(reinterpret_cast<const int4*>(b_ptr));
       bq[slot][0] = v.x, bq[slot][1] = v.y, bq[slot][2] = v.z, bq[slot][3] = v.w;
-      const uint2 s = ld_stream_u64(s_ptr);
+      const uint2 s = ld_stream_v2(s_ptr);
       sc[slot][0] = s.x, sc[slot][1] = s.y;
     } else {
-      const uint2 v = ld_stream_u64(b_ptr);
+      const uint2 v = ld_stream_v2(b_ptr);
       bq[slot][0] = v.x, bq[slot][1] = v.y;
       sc[slot][0] = ld_stream_u32(s_ptr);
     }
@@ -156,12 +151,7 @@ __global__ void __launch_bounds__(Cfg::THREADS, Cfg::MIN_BLOCKS) marlin_stream_w
     fence_fragment(bq[u]);
     fence_fragment(sc[u]);
     uint32_t a[Cfg::FRAGS][4];
-#pragma unroll
-    for (int j = 0; j < Cfg::FRAGS; ++j) {
-      uint32_t lo[2], hi[2];
-      dequant_int32<T>(bq[u][j], scale_pair_at<T>(sc[u][j / 2], 2 * (j % 2)), lo, hi);
-      a[j][0] = lo[0], a[j][1] = hi[0], a[j][2] = lo[1], a[j][3] = hi[1];
-    }
+    dequant_a_fragments<T, Cfg::FRAGS>(bq[u], sc[u], 0, a);
     const uint64_t desc = turn_desc + ((off / 4) * Cfg::TILE_BYTES + (off % 4) * 32) / 16;  // start address field
     wgmma_fence();
 #pragma unroll
@@ -215,21 +205,10 @@ __global__ void __launch_bounds__(Cfg::THREADS, Cfg::MIN_BLOCKS) marlin_stream_w
   for (int j = 0; j < Cfg::FRAGS; ++j) fence_accumulators(acc[j]);
   __syncthreads();
 
-  // ---- accumulators -> [NTOK rows of x, TN columns] FP32 tile, then store_tile ---------------------------------
-  // acc[j][4i + e]: m64 row 16 wi + lane/4 (+8 for e >= 2) = the warp's column 16 (first + j) + lane/4 (+8) of
-  // its 64-column tile; token 8i + 2 (lane % 4) (+1 for odd e).
-  float* c_sh = reinterpret_cast<float*>(smem);
-#pragma unroll
-  for (int j = 0; j < Cfg::FRAGS; ++j) {
-    const int col = (tile64 - n_tile * (Cfg::TN / 64)) * 64 + 16 * (first + j) + (lane >> 2);
-#pragma unroll
-    for (int i = 0; i < Cfg::NTOK / 8; ++i)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int row = 8 * i + 2 * (lane & 3) + (e & 1);
-        c_sh[row * Cfg::C_STRIDE + col + 8 * (e >> 1)] = acc[j][4 * i + e];
-      }
-  }
+  // ---- accumulators -> [NTOK rows of x, TN columns] FP32 tile (m64 row 16 wi + lane/4 of wgmma j is the warp's
+  // column 16 (first + j) + lane/4 of its 64-column tile), then store_tile ---------------------------------------
+  store_accumulators<Cfg>(reinterpret_cast<float*>(smem), acc, (tile64 - n_tile * (Cfg::TN / 64)) * 64 + 16 * first,
+                          lane);
   __syncthreads();
   auto routed_id = [&](int r) -> int64_t { return r < p.m ? r : -1; };
   store_tile<T, Cfg, false>(smem, p, p.global_scale, m_tile, n_tile, split, routed_id);

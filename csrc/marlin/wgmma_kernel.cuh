@@ -68,6 +68,25 @@ __device__ __forceinline__ void dequant_a_fragments(const uint32_t (&q)[FRAGS], 
   }
 }
 
+// This warp's accumulators -> the CTA's [NTOK rows of x, TN columns] FP32 tile in shared memory. Fragment j of
+// the m64 x NTOK tile: acc[j][4i + e] is column col0 + 16 j + lane/4 (+8 for e >= 2), row 8i + 2 (lane % 4)
+// (+1 for odd e).
+template <class Cfg>
+__device__ __forceinline__ void store_accumulators(float* c_sh, const float (&acc)[Cfg::FRAGS][Cfg::NTOK / 2],
+                                                   int col0, int lane) {
+#pragma unroll
+  for (int j = 0; j < Cfg::FRAGS; ++j) {
+    const int col = col0 + 16 * j + (lane >> 2);
+#pragma unroll
+    for (int i = 0; i < Cfg::NTOK / 8; ++i)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int row = 8 * i + 2 * (lane & 3) + (e & 1);
+        c_sh[row * Cfg::C_STRIDE + col + 8 * (e >> 1)] = acc[j][4 * i + e];
+      }
+  }
+}
+
 template <typename T, class Cfg>
 __global__ void __launch_bounds__(Cfg::THREADS, Cfg::MIN_BLOCKS) marlin_wgmma_kernel(const MarlinGemmParams p) {
 #if NVFP4_HAS_WGMMA
@@ -200,20 +219,8 @@ __global__ void __launch_bounds__(Cfg::THREADS, Cfg::MIN_BLOCKS) marlin_wgmma_ke
   cp_async_wait<0>();
   __syncthreads();
 
-  // Accumulators -> the [NTOK rows of x, TN columns] FP32 tile (acc[j][4i + e]: column tile * 64 + 16 (first + j)
-  // + lane / 4 (+8 for e >= 2), row 8i + 2 (lane % 4) (+1 for odd e)), then split-K and the epilogue.
-  float* c_sh = reinterpret_cast<float*>(smem);
-#pragma unroll
-  for (int j = 0; j < Cfg::FRAGS; ++j) {
-    const int col = tile * 64 + 16 * (first + j) + (lane >> 2);
-#pragma unroll
-    for (int i = 0; i < Cfg::NTOK / 8; ++i)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int row = 8 * i + 2 * (lane & 3) + (e & 1);
-        c_sh[row * Cfg::C_STRIDE + col + 8 * (e >> 1)] = acc[j][4 * i + e];
-      }
-  }
+  // Accumulators -> the FP32 tile, then split-K and the epilogue.
+  store_accumulators<Cfg>(reinterpret_cast<float*>(smem), acc, tile * 64 + 16 * first, lane);
   __syncthreads();
   auto routed_id = [&](int r) -> int64_t { return r < p.m ? r : -1; };
   store_tile<T, Cfg, false>(smem, p, p.global_scale, m_tile, n_tile, split, routed_id);
