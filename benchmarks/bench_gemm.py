@@ -29,6 +29,12 @@ M_VALUES = [1, 16, 64, 256, 1024, 4096]
 DEV = "cuda"
 
 
+def device_line(props) -> str:
+    """The device and versions line every benchmark prints first."""
+    return (f"device: {props.name} ({props.multi_processor_count} SMs), torch {torch.__version__}, "
+            f"CUDA {torch.version.cuda}, nvfp4_compile._C loaded: {_C.LOADED}")
+
+
 def copy_bandwidth() -> float:
     """Device-to-device copy bandwidth in bytes/s (bytes read + bytes written), 1 GiB buffers."""
     src = torch.empty(1 << 30, dtype=torch.uint8, device=DEV).random_()
@@ -115,8 +121,7 @@ def main() -> None:
     parser.add_argument("--csv", help="also write the table as CSV here")
     args = parser.parse_args()
     props = torch.cuda.get_device_properties(0)
-    print(f"device: {props.name} ({props.multi_processor_count} SMs), torch {torch.__version__}, "
-          f"CUDA {torch.version.cuda}, nvfp4_compile._C loaded: {_C.LOADED}")
+    print(device_line(props))
     if not _C.LOADED:
         print(f"WARNING: timing the torch reference fallback ({_C.LOAD_ERROR})")
     l2_bytes = getattr(props, "L2_cache_size", 50 * 2**20)

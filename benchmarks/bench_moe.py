@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:0] = [HERE, os.path.dirname(HERE)]  # bench_gemm; the package from this checkout
-from bench_gemm import copy_bandwidth, time_calls  # noqa: E402  (same timing method as the GEMM benchmark)
+from bench_gemm import copy_bandwidth, device_line, time_calls  # noqa: E402  (same timing method as the GEMM benchmark)
 
 import nvfp4_compile  # noqa: E402,F401  registers torch.ops.nvfp4.*
 from nvfp4_compile.ops import _C, moe_tactics  # noqa: E402
@@ -176,8 +176,7 @@ def main() -> None:
     parser.add_argument("--csv", help="also write the table as CSV here")
     args = parser.parse_args()
     props = torch.cuda.get_device_properties(0)
-    print(f"device: {props.name} ({props.multi_processor_count} SMs), torch {torch.__version__}, "
-          f"CUDA {torch.version.cuda}, nvfp4_compile._C loaded: {_C.LOADED}, MoE kernel: {_C.has_kernel('marlin_moe')}")
+    print(f"{device_line(props)}, MoE kernel: {_C.has_kernel('marlin_moe')}")
     if not moe_tactics.available():
         raise SystemExit(f"the MoE tactics need the CUDA extension ({_C.LOAD_ERROR or 'not built'})")
     bandwidth = copy_bandwidth()

@@ -17,7 +17,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_gemm import DEV, random_nvfp4_weight, sets_for, time_calls  # noqa: E402
+from bench_gemm import DEV, device_line, random_nvfp4_weight, sets_for, time_calls  # noqa: E402
 
 import nvfp4_compile  # noqa: E402,F401  registers torch.ops.nvfp4.*
 
@@ -39,8 +39,7 @@ def main() -> int:
     parser.add_argument("--config", default="gemv16")
     args = parser.parse_args()
     props = torch.cuda.get_device_properties(0)
-    print(f"device: {props.name} ({props.multi_processor_count} SMs), torch {torch.__version__}, "
-          f"CUDA {torch.version.cuda}")
+    print(device_line(props))
     config = list(torch.ops.nvfp4_C.marlin_gemm_configs()).index(args.config)
     l2 = props.L2_cache_size
     gen = torch.Generator(device=DEV).manual_seed(0)

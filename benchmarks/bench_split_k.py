@@ -18,7 +18,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_gemm import DEV, random_nvfp4_weight, sets_for  # noqa: E402
+from bench_gemm import DEV, device_line, random_nvfp4_weight, sets_for  # noqa: E402
 from bench_tactics import timed  # noqa: E402
 
 import nvfp4_compile  # noqa: E402,F401  registers torch.ops.nvfp4.*
@@ -41,8 +41,7 @@ def main() -> None:
     parser.add_argument("--configs", help="config names for every M (default: the likely ones per M)")
     args = parser.parse_args()
     props = torch.cuda.get_device_properties(0)
-    print(f"device: {props.name} ({props.multi_processor_count} SMs), torch {torch.__version__}, "
-          f"CUDA {torch.version.cuda}")
+    print(device_line(props))
     names = list(torch.ops.nvfp4_C.marlin_gemm_configs())
     l2_bytes = getattr(props, "L2_cache_size", 50 * 2**20)
     gen = torch.Generator(device=DEV).manual_seed(0)

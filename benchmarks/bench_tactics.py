@@ -24,7 +24,8 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_gemm import DEV, M_VALUES, SHAPES, copy_bandwidth, random_nvfp4_weight, sets_for, time_calls  # noqa: E402
+from bench_gemm import (DEV, M_VALUES, SHAPES, copy_bandwidth, device_line,  # noqa: E402
+                        random_nvfp4_weight, sets_for, time_calls)
 
 import nvfp4_compile  # noqa: E402,F401  registers torch.ops.nvfp4.*
 from nvfp4_compile.ops import gemm_tactics  # noqa: E402
@@ -86,8 +87,7 @@ def main() -> int:
                                             "profiled here, not read from an older run)")
     args = parser.parse_args()
     props = torch.cuda.get_device_properties(0)
-    print(f"device: {props.name} ({props.multi_processor_count} SMs), torch {torch.__version__}, "
-          f"CUDA {torch.version.cuda}")
+    print(device_line(props))
     ts = gemm_tactics.tactic_set()
     cache_dir = args.cache_dir or tempfile.mkdtemp(prefix="nvfp4_tactics_")
     gemm_tactics.set_selector(TacticSelector(ts, gemm_tactics.library_version(), TacticCache(cache_dir)))
