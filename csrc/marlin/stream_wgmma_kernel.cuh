@@ -28,7 +28,7 @@
 #include <type_traits>
 
 #include "gemv_kernel.cuh"
-#include "wgmma_kernel.cuh"  // dequant_a_fragments, store_accumulators
+#include "wgmma_kernel.cuh"  // dequant_a_fragments, finish_wgmma_tile
 
 namespace nvfp4 {
 
@@ -205,13 +205,8 @@ __global__ void __launch_bounds__(Cfg::THREADS, Cfg::MIN_BLOCKS) marlin_stream_w
   for (int j = 0; j < Cfg::FRAGS; ++j) fence_accumulators(acc[j]);
   __syncthreads();
 
-  // ---- accumulators -> [NTOK rows of x, TN columns] FP32 tile (m64 row 16 wi + lane/4 of wgmma j is the warp's
-  // column 16 (first + j) + lane/4 of its 64-column tile), then store_tile ---------------------------------------
-  store_accumulators<Cfg>(reinterpret_cast<float*>(smem), acc, (tile64 - n_tile * (Cfg::TN / 64)) * 64 + 16 * first,
-                          lane);
-  __syncthreads();
-  auto routed_id = [&](int r) -> int64_t { return r < p.m ? r : -1; };
-  store_tile<T, Cfg, false>(smem, p, p.global_scale, m_tile, n_tile, split, routed_id);
+  // m64 row 16 wi + lane/4 of wgmma j is the warp's column 16 (first + j) + lane/4 of its 64-column tile.
+  finish_wgmma_tile<T, Cfg>(smem, p, acc, (tile64 - n_tile * (Cfg::TN / 64)) * 64 + 16 * first);
 #else
   __trap();  // not an sm_90a build: the host never launches this (launch_stream_wgmma_with_config)
 #endif

@@ -68,12 +68,15 @@ __device__ __forceinline__ void dequant_a_fragments(const uint32_t (&q)[FRAGS], 
   }
 }
 
-// This warp's accumulators -> the CTA's [NTOK rows of x, TN columns] FP32 tile in shared memory. Fragment j of
-// the m64 x NTOK tile: acc[j][4i + e] is column col0 + 16 j + lane/4 (+8 for e >= 2), row 8i + 2 (lane % 4)
-// (+1 for odd e).
-template <class Cfg>
-__device__ __forceinline__ void store_accumulators(float* c_sh, const float (&acc)[Cfg::FRAGS][Cfg::NTOK / 2],
-                                                   int col0, int lane) {
+// The end of a wgmma kernel, once every MMA has retired and shared memory is free: this warp's accumulators ->
+// the CTA's [NTOK rows of x, TN columns] FP32 tile, then split-K and the epilogue (store_tile). Fragment j of the
+// m64 x NTOK tile: acc[j][4i + e] is column col0 + 16 j + lane/4 (+8 for e >= 2), row 8i + 2 (lane % 4) (+1 for
+// odd e). The tile is the grid's: blockIdx = (column tile, row tile, split), as both wgmma kernels launch.
+template <typename T, class Cfg>
+__device__ __forceinline__ void finish_wgmma_tile(uint8_t* smem, const MarlinGemmParams& p,
+                                                  const float (&acc)[Cfg::FRAGS][Cfg::NTOK / 2], int col0) {
+  const int lane = threadIdx.x & 31;
+  float* c_sh = reinterpret_cast<float*>(smem);
 #pragma unroll
   for (int j = 0; j < Cfg::FRAGS; ++j) {
     const int col = col0 + 16 * j + (lane >> 2);
@@ -85,6 +88,9 @@ __device__ __forceinline__ void store_accumulators(float* c_sh, const float (&ac
         c_sh[row * Cfg::C_STRIDE + col + 8 * (e >> 1)] = acc[j][4 * i + e];
       }
   }
+  __syncthreads();
+  auto routed_id = [&](int r) -> int64_t { return r < p.m ? r : -1; };
+  store_tile<T, Cfg, false>(smem, p, p.global_scale, blockIdx.y, blockIdx.x, blockIdx.z, routed_id);
 }
 
 template <typename T, class Cfg>
@@ -219,11 +225,7 @@ __global__ void __launch_bounds__(Cfg::THREADS, Cfg::MIN_BLOCKS) marlin_wgmma_ke
   cp_async_wait<0>();
   __syncthreads();
 
-  // Accumulators -> the FP32 tile, then split-K and the epilogue.
-  store_accumulators<Cfg>(reinterpret_cast<float*>(smem), acc, tile * 64 + 16 * first, lane);
-  __syncthreads();
-  auto routed_id = [&](int r) -> int64_t { return r < p.m ? r : -1; };
-  store_tile<T, Cfg, false>(smem, p, p.global_scale, m_tile, n_tile, split, routed_id);
+  finish_wgmma_tile<T, Cfg>(smem, p, acc, tile * 64 + 16 * first);
 #else
   __trap();  // not an sm_90a build: the host never launches this (launch_wgmma_with_config)
 #endif
