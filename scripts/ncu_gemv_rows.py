@@ -1,0 +1,41 @@
+"""One gemv16 launch at M = 8, one at M = 16 (rows 8..15 random) and one at M = 16 with rows 8..15 copies of
+row 7, on the same 8192 x 8192 weight, for ncu to compare (docs/kernels.md "Ninth session": the M = 16 cost
+comes with reading 8 more distinct rows of x, mechanism not pinned down):
+
+    ncu --clock-control none -k regex:marlin_gemv_kernel --launch-skip 3 --launch-count 3 \
+        --section SpeedOfLight --section MemoryWorkloadAnalysis --section WarpStateStats \
+        python3 scripts/ncu_gemv_rows.py
+
+Each variant is launched once as warm-up first (the skipped launches), then once more in the same order.
+"""
+import sys
+
+import torch
+
+import nvfp4_compile  # noqa: F401  registers torch.ops.nvfp4.*
+
+DEV = "cuda"
+N = K = 8192
+
+
+def main() -> int:
+    gen = torch.Generator(device=DEV).manual_seed(0)
+    w = torch.randint(0, 256, (N, K // 2), dtype=torch.uint8, device=DEV, generator=gen)
+    sf = (torch.rand(N, K // 16, device=DEV, generator=gen) * 447 + 1).to(torch.float8_e4m3fn)
+    q, s = torch.ops.nvfp4.marlin_repack(w, sf)
+    gs = torch.tensor([1e-3], device=DEV)
+    config = list(torch.ops.nvfp4_C.marlin_gemm_configs()).index("gemv16")
+    x16 = torch.randn(16, K, device=DEV, generator=gen).to(torch.bfloat16)
+    x16_row7 = x16.clone()
+    x16_row7[8:] = x16[7]
+    variants = {"M=8": x16[:8].contiguous(), "M=16": x16, "M=16 rows 8..15 = row 7": x16_row7}
+    for _ in range(2):  # warm-up round, then the profiled round
+        for name, x in variants.items():
+            torch.ops.nvfp4_C.marlin_gemm(x, q, s, gs, None, N, K, config)
+            torch.cuda.synchronize()
+    print("launch order (each round):", ", ".join(variants))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
