@@ -21,9 +21,11 @@ SHAPES = [(64, 128), (192, 4096), (4096, 4096), (320, 12288), (8192, 14336)]
 M_VALUES = [1, 8, 13, 16, 64, 200]
 
 
-def random_weight(n, k, gen):
-    w = torch.randint(0, 256, (n, k // 2), dtype=torch.uint8, device=DEV, generator=gen)
-    sf = (torch.rand(n, k // 16, device=DEV, generator=gen) * 447 + 1).to(torch.float8_e4m3fn)
+def random_weight(gen, *shape_nk):
+    """Repacked random FP4 weights [*lead, N, K] with E4M3 block scales in 1 .. 448."""
+    *lead, n, k = shape_nk
+    w = torch.randint(0, 256, (*lead, n, k // 2), dtype=torch.uint8, device=DEV, generator=gen)
+    sf = (torch.rand(*lead, n, k // 16, device=DEV, generator=gen) * 447 + 1).to(torch.float8_e4m3fn)
     return torch.ops.nvfp4.marlin_repack(w, sf)
 
 
@@ -33,7 +35,7 @@ def dense(gen) -> int:
     gs = torch.tensor([1e-3], device=DEV)
     launches = 0
     for n, k in SHAPES:
-        q, s = random_weight(n, k, gen)
+        q, s = random_weight(gen, n, k)
         for m in M_VALUES:
             x = torch.randn(m, k, device=DEV, generator=gen).to(torch.bfloat16)
             for config, name in enumerate(names):
@@ -49,10 +51,7 @@ def moe(gen) -> int:
     e, top_k, h, inter = 8, 2, 2048, 768
     stacks = []
     for rows, k in ((2 * inter, h), (h, inter)):
-        w = torch.randint(0, 256, (e, rows, k // 2), dtype=torch.uint8, device=DEV, generator=gen)
-        sf = (torch.rand(e, rows, k // 16, device=DEV, generator=gen) * 447 + 1).to(torch.float8_e4m3fn)
-        q, s = torch.ops.nvfp4.marlin_repack(w, sf)
-        stacks += [q, s, torch.full((e,), 1e-3, device=DEV)]
+        stacks += [*random_weight(gen, e, rows, k), torch.full((e,), 1e-3, device=DEV)]
     launches = 0
     for m in (1, 7, 64, 300):
         x = torch.randn(m, h, device=DEV, generator=gen).to(torch.bfloat16)

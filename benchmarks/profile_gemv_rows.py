@@ -4,25 +4,26 @@ comes with reading 8 more distinct rows of x, mechanism not pinned down):
 
     ncu --clock-control none -k regex:marlin_gemv_kernel --launch-skip 3 --launch-count 3 \
         --section SpeedOfLight --section MemoryWorkloadAnalysis --section WarpStateStats \
-        python3 scripts/ncu_gemv_rows.py
+        python3 benchmarks/profile_gemv_rows.py
 
 Each variant is launched once as warm-up first (the skipped launches), then once more in the same order.
 """
+import os
 import sys
 
 import torch
 
-import nvfp4_compile  # noqa: F401  registers torch.ops.nvfp4.*
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_gemm import DEV, random_nvfp4_weight  # noqa: E402
 
-DEV = "cuda"
+import nvfp4_compile  # noqa: E402,F401  registers torch.ops.nvfp4.*
+
 N = K = 8192
 
 
 def main() -> int:
     gen = torch.Generator(device=DEV).manual_seed(0)
-    w = torch.randint(0, 256, (N, K // 2), dtype=torch.uint8, device=DEV, generator=gen)
-    sf = (torch.rand(N, K // 16, device=DEV, generator=gen) * 447 + 1).to(torch.float8_e4m3fn)
-    q, s = torch.ops.nvfp4.marlin_repack(w, sf)
+    q, s = torch.ops.nvfp4.marlin_repack(*random_nvfp4_weight(N, K, gen))
     gs = torch.tensor([1e-3], device=DEV)
     config = list(torch.ops.nvfp4_C.marlin_gemm_configs()).index("gemv16")
     x16 = torch.randn(16, K, device=DEV, generator=gen).to(torch.bfloat16)
