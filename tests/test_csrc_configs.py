@@ -34,7 +34,7 @@ def test_decode_configs_are_profiled_up_to_their_tile_rows():
     from nvfp4_compile.ops.gemm_tactics import CONFIG_MAX_M
 
     gemv = re.findall(r"using Config(\w+) = GemvConfig<([^>]*)>", read("configs.cuh"))
-    rows = {name[0].lower() + name[1:]: 8 * (int(args.split(",")[4]) if args.count(",") == 4 else 1)
+    rows = {name[0].lower() + name[1:]: 8 * (int(args.split(",")[4]) if args.count(",") >= 4 else 1)
             for name, args in gemv}
     stream = re.findall(r"using Config(\w+) = StreamWgmmaConfig<(\d+),", read("configs.cuh"))
     rows.update({name[0].lower() + name[1:]: int(ntok) for name, ntok in stream})

@@ -20,6 +20,8 @@ using ConfigLarge = GemmConfig<4, 2, 256, 64, 4, 256, 1>;
 using ConfigGemv8 = GemvConfig<2, 4, 6, 2>;
 // 16 rows (M = 9..16): two MMAs per dequantized fragment, a ring of 5 steps to stay within 2 CTAs per SM.
 using ConfigGemv16 = GemvConfig<2, 4, 5, 2, 2>;
+// The same with x loaded in 4-step blocks through a per-warp buffer (gemv_kernel.cuh "x in blocks").
+using ConfigGemv16b = GemvConfig<2, 4, 4, 2, 2, true>;
 constexpr int kGemvMinStepsPerWarp = 4;  // split K no finer than this many k16 steps per warp
 // Hopper warpgroup MMA (wgmma_kernel.cuh): WgmmaConfig<NTOK rows of x, FRAGS, warpgroups, STAGES, MIN_BLOCKS>,
 // named rows x columns of the CTA tile; a warp dequantizes 16 * FRAGS columns per k16 step.

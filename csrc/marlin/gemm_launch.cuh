@@ -204,6 +204,7 @@ void launch_marlin_gemm(const at::Tensor& x, const at::Tensor& qweight, const at
     case 10: launch_wgmma_with_config<T, ConfigWg128x256w4>(p, device); break;
     case 11: launch_gemv_with_config<T, ConfigGemv16>(p, device); break;
     case 12: launch_stream_wgmma_with_config<T, ConfigSw16x512>(p, device); break;
+    case 13: launch_gemv_with_config<T, ConfigGemv16b>(p, device); break;
     default: TORCH_CHECK(false, "nvfp4_C::marlin_gemm: no tile config ", config);
   }
 }

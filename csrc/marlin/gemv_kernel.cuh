@@ -19,7 +19,7 @@
 
 namespace nvfp4 {
 
-template <int WARPS_N_, int WARPS_K_, int STEPS_, int MIN_BLOCKS_, int GROUPS_ = 1>
+template <int WARPS_N_, int WARPS_K_, int STEPS_, int MIN_BLOCKS_, int GROUPS_ = 1, bool X_BLOCKS_ = false>
 struct GemvConfig {
   static constexpr int MB = 1;
   static constexpr int WARPS_M = 1;
@@ -34,7 +34,13 @@ struct GemvConfig {
   static constexpr int ROWS = 8 * GROUPS;
   static constexpr int TN = 64 * WARPS_N;
   static constexpr int C_STRIDE = TN + 8;
-  static constexpr int SMEM_BYTES = ROWS * C_STRIDE * 4;  // the CTA's FP32 tile (store_tile)
+  static constexpr int C_BYTES = ROWS * C_STRIDE * 4;  // the CTA's FP32 tile (store_tile)
+  // X_BLOCKS: a warp owns whole 4-step blocks of K and loads x a block at a time, coalesced, through a
+  // 2 KB buffer of its own (see "x in blocks" in the kernel).
+  static constexpr bool X_BLOCKS = X_BLOCKS_;
+  static constexpr int X_BLOCK_BYTES = ROWS * 128;  // 16 rows x 64 k
+  static constexpr int SMEM_BYTES = C_BYTES + (X_BLOCKS ? THREADS / 32 * X_BLOCK_BYTES : 0);
+  static_assert(!X_BLOCKS || (GROUPS == 2 && STEPS == 4), "x in blocks: 16 rows, one block per ring turn");
 };
 
 // Read-only loads: the weight stream is used once (no L1 allocation); activations are re-read by every
@@ -68,10 +74,17 @@ __global__ void __launch_bounds__(Cfg::THREADS, Cfg::MIN_BLOCKS) marlin_gemv_ker
   const int kb = static_cast<int>(static_cast<int64_t>(split) * k16_total / p.splits);
   const int ke = static_cast<int>(static_cast<int64_t>(split + 1) * k16_total / p.splits);
   const int tile64 = n_tile * Cfg::WARPS_N + wn;
+  constexpr bool kBlocks = Cfg::X_BLOCKS;
+  int k16 = kb + wk;
   int steps = ke - kb - wk > 0 ? (ke - kb - wk + Cfg::WARPS_K - 1) / Cfg::WARPS_K : 0;
+  if constexpr (kBlocks) {  // x in blocks: warp wk owns a contiguous run of whole 4-step blocks instead
+    const int blocks = (ke - kb + 3) / 4;
+    const int b0 = wk * blocks / Cfg::WARPS_K, b1 = (wk + 1) * blocks / Cfg::WARPS_K;
+    k16 = kb + 4 * b0;
+    steps = max(0, min(kb + 4 * b1, ke) - k16);
+  }
   if (tile64 >= p.n_pad / 64) steps = 0;
 
-  const int k16 = kb + wk;
   const int4* b_ptr = p.b + static_cast<int64_t>(k16) * (p.n_pad / 2) + tile64 * 32 + lane;
   const uint8_t* s_ptr = p.s + static_cast<int64_t>(k16) * p.n_pad + tile64 * 64 + (lane >> 2) * 8;
   // x row 8g + lane/4 of this tile for group g (the B fragment of X^T: k 2t, 2t+1 and 2t+8, 2t+9 with
@@ -84,8 +97,9 @@ __global__ void __launch_bounds__(Cfg::THREADS, Cfg::MIN_BLOCKS) marlin_gemv_ker
 #pragma unroll
   for (int g = 0; g < Cfg::GROUPS; ++g) a_group[g] = g == 0 ? 0 : (x_row(g) - x_row(0)) * p.lda / 2;
   // 32-bit strides: advancing a pointer by one is a select and a 64-bit add, not two selects (N_pad < 2^28).
-  const int b_step = Cfg::WARPS_K * (p.n_pad / 2);
-  const int s_step = Cfg::WARPS_K * p.n_pad;
+  constexpr int kStride = kBlocks ? 1 : Cfg::WARPS_K;  // k16 steps from one of the warp's steps to the next
+  const int b_step = kStride * (p.n_pad / 2);
+  const int s_step = kStride * p.n_pad;
   constexpr int a_step = Cfg::WARPS_K * 16 / 2;  // uint32 (two activations) per step
 
   // Ring of STEPS slots in registers. Loads are unconditional (no branch may separate a load from its slot,
@@ -100,15 +114,17 @@ __global__ void __launch_bounds__(Cfg::THREADS, Cfg::MIN_BLOCKS) marlin_gemv_ker
   auto load = [&](int slot, auto clamp) {
     bq[slot] = ld_stream_v4(b_ptr);
     sc[slot] = ld_stream_v2(s_ptr);
+    if constexpr (!kBlocks) {
 #pragma unroll
-    for (int g = 0; g < Cfg::GROUPS; ++g) {
-      a_lo[slot][g] = __ldg(a_ptr + a_group[g]);
-      a_hi[slot][g] = __ldg(a_ptr + a_group[g] + 4);
+      for (int g = 0; g < Cfg::GROUPS; ++g) {
+        a_lo[slot][g] = __ldg(a_ptr + a_group[g]);
+        a_hi[slot][g] = __ldg(a_ptr + a_group[g] + 4);
+      }
     }
     const bool advance = !decltype(clamp)::value || ++loaded < steps;
     b_ptr += advance ? b_step : 0;
     s_ptr += advance ? s_step : 0;
-    a_ptr += advance ? a_step : 0;
+    if constexpr (!kBlocks) a_ptr += advance ? a_step : 0;
   };
   constexpr std::true_type kClamp{};
   constexpr std::false_type kAhead{};
@@ -125,10 +141,58 @@ __global__ void __launch_bounds__(Cfg::THREADS, Cfg::MIN_BLOCKS) marlin_gemv_ker
 #pragma unroll
       for (int i = 0; i < 4; ++i) acc[g][w][i] = 0.0f;
 
+  // ---- x in blocks (X_BLOCKS) -----------------------------------------------------------------------------------
+  // At 16 rows the per-step x loads above touch 8 rows each: 32 L1 wavefronts per k16 step against ~5 for the
+  // weights (docs/kernels.md "Ninth session"). Here a warp's steps are contiguous, so one 64-k block of x is
+  // 128 bytes per row: 4 coalesced 16-byte loads per lane cover its 16 rows (4 rows of 128 bytes each, 4
+  // wavefronts), issued a ring turn ahead; at the turn they go to the warp's own 2 KB buffer (128-byte rows,
+  // chunks XOR-swizzled by row: conflict-free stores and ldmatrix) and each step takes both row groups'
+  // fragments with one ldmatrix.x4. No barrier beyond __syncwarp.
+  // Lane: row 4j + lane / 8 of the tile for load j (rows past M read row M - 1), chunk lane % 8 of the block.
+  auto xb_row = [&](int j) { return static_cast<int64_t>(min(m_tile * Cfg::ROWS + 4 * j + (lane >> 3), p.m - 1)); };
+  const T* xb_ptr = static_cast<const T*>(p.a) + xb_row(0) * p.lda + k16 * 16 + 8 * (lane & 7);
+  int xb_off[4];  // load j's row relative to load 0's, in elements
+#pragma unroll
+  for (int j = 0; j < 4; ++j) xb_off[j] = static_cast<int>((xb_row(j) - xb_row(0)) * p.lda);
+  int xb_step = 0;  // the warp step at which the block xb_ptr points to starts
+  uint4 xb[4];
+  uint8_t* x_buf = smem + Cfg::C_BYTES + warp * Cfg::X_BLOCK_BYTES;
+  // Loads the block at xb_ptr and moves to the next one. Clamped: the pointer stays on the warp's last block,
+  // and a chunk past K (the last block of the last split when K % 64 != 0) reads its row's start instead.
+  auto load_x_block = [&](auto clamp) {
+    const int col = (k16 + xb_step) * 16 + 8 * (lane & 7);
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const T* ptr = xb_ptr + xb_off[j];
+      if constexpr (decltype(clamp)::value) ptr = col < p.k ? ptr : ptr - col;
+      xb[j] = __ldg(reinterpret_cast<const uint4*>(ptr));  // L1: the CTA's column warps share it
+    }
+    const bool advance = !decltype(clamp)::value || xb_step + 4 < steps;
+    xb_ptr += advance ? 64 : 0;
+    xb_step += advance ? 4 : 0;
+  };
+  auto store_x_block = [&]() {
+    __syncwarp();  // every lane's ldmatrix of the previous block is done
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const int row = 4 * j + (lane >> 3);
+      *reinterpret_cast<uint4*>(x_buf + row * 128 + (((lane & 7) ^ (row & 7)) * 16)) = xb[j];
+    }
+    __syncwarp();
+  };
+  // ldmatrix.x4 rows: matrix lane / 8 = (row group, k half); chunk 2 (step in block) + half of row r.
+  const int ld_row = (lane & 7) + 8 * (lane >> 4), ld_half = (lane >> 3) & 1;
+
   auto compute = [&](int u) {
     uint32_t x_frag[Cfg::GROUPS][2];  // B fragments of X^T: k 2t.. and 2t+8.. of row 8g + lane/4
+    if constexpr (kBlocks) {
+      uint32_t r[4];
+      ldmatrix_x4(r, x_buf + ld_row * 128 + (((2 * (u % 4) + ld_half) ^ (ld_row & 7)) * 16));
+      x_frag[0][0] = r[0], x_frag[0][1] = r[1], x_frag[1][0] = r[2], x_frag[1][1] = r[3];
+    } else {
 #pragma unroll
-    for (int g = 0; g < Cfg::GROUPS; ++g) x_frag[g][0] = a_lo[u][g], x_frag[g][1] = a_hi[u][g];
+      for (int g = 0; g < Cfg::GROUPS; ++g) x_frag[g][0] = a_lo[u][g], x_frag[g][1] = a_hi[u][g];
+    }
     dequant_k16<T>(bq[u], sc[u], [&](int w, const uint32_t (&b_lo)[2], const uint32_t (&b_hi)[2]) {
       const uint32_t w_frag[4] = {b_lo[0], b_hi[0], b_lo[1], b_hi[1]};  // rows: columns 16w.. and 16w+8..
 #pragma unroll
@@ -139,12 +203,21 @@ __global__ void __launch_bounds__(Cfg::THREADS, Cfg::MIN_BLOCKS) marlin_gemv_ker
   if (steps > 0) {
 #pragma unroll
     for (int u = 0; u < Cfg::STEPS; ++u) load(u, kClamp);
+    if constexpr (kBlocks) load_x_block(kClamp);
+    // x in blocks: a ring turn starts by storing its block (loaded the turn before) and loading the next.
+    auto x_turn = [&](auto clamp) {
+      if constexpr (kBlocks) {
+        store_x_block();
+        load_x_block(clamp);
+      }
+    };
     int base = 0;
     // Steady state: this turn computes steps base .. base + STEPS - 1 and loads the next STEPS, all before the
     // last step, so no step needs a guard and no pointer a clamp (~6 fewer instructions per step). Strictly
     // before: a turn whose loads end on the last step would leave the pointers one step past it, where the
     // clamped turn after it reads (past the end of the tensors for the last split; scripts/memcheck_kernels.py).
     for (; base + 2 * Cfg::STEPS < steps; base += Cfg::STEPS) {
+      x_turn(kAhead);
 #pragma unroll
       for (int u = 0; u < Cfg::STEPS; ++u) {
         compute(u);
@@ -153,6 +226,7 @@ __global__ void __launch_bounds__(Cfg::THREADS, Cfg::MIN_BLOCKS) marlin_gemv_ker
     }
     loaded = base + Cfg::STEPS;  // the loads issued so far, as the clamped loads count them
     for (; base < steps; base += Cfg::STEPS) {
+      x_turn(kClamp);
 #pragma unroll
       for (int u = 0; u < Cfg::STEPS; ++u) {
         if (base + u < steps) compute(u);
