@@ -195,33 +195,77 @@ __device__ __forceinline__ void reduce_k_warps(int wk, Write write) {
   }
 }
 
+// Adds the splits of the 4-column units [begin, end) of a tile in split order, so the sum is bit-identical to a
+// serial one whichever path adds it: load(s, i) gives split s's unit i, store(i, sum) keeps the sum. Each thread
+// loads U units of S splits before adding any, so U * S loads (L2 or distributed shared memory) are in flight
+// at once; one unit at a time made the workspace fix-up a chain of L2 latencies, 16-32 in a row per thread at
+// M = 256 (docs/kernels.md "Split-K").
+template <int THREADS, int U, int S, class Load, class Store>
+__device__ __forceinline__ void sum_splits_batched(int begin, int end, int splits, Load load, Store store) {
+  for (int i0 = begin + static_cast<int>(threadIdx.x); i0 < end; i0 += U * THREADS) {
+    float4 sum[U];
+    for (int s0 = 0; s0 < splits; s0 += S) {
+      float4 v[U][S];
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+#pragma unroll
+        for (int t = 0; t < S; ++t) {
+          v[u][t] = make_float4(0.f, 0.f, 0.f, 0.f);
+          if (i0 + u * THREADS < end && s0 + t < splits) v[u][t] = load(s0 + t, i0 + u * THREADS);
+        }
+      }
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+#pragma unroll
+        for (int t = 0; t < S; ++t) {
+          if (s0 + t == 0) {
+            sum[u] = v[u][t];
+          } else if (s0 + t < splits) {
+            sum[u].x += v[u][t].x, sum[u].y += v[u][t].y, sum[u].z += v[u][t].z, sum[u].w += v[u][t].w;
+          }
+        }
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < U; ++u)
+      if (i0 + u * THREADS < end) store(i0 + u * THREADS, sum[u]);
+  }
+}
+
+// sum_splits_batched with 8 loads in flight per thread (4 units of 2 splits, 2 of 4, 1 of 8 and more); the
+// kernels of 64 registers per thread (512 threads x 2 CTAs per SM) take 2 units of 2 (more spill there).
+template <class Cfg, class Load, class Store>
+__device__ __forceinline__ void sum_splits_in_order(int begin, int end, int splits, Load load, Store store) {
+  constexpr bool kNarrow = 65536 / (Cfg::THREADS * Cfg::MIN_BLOCKS) <= 64;
+  if (splits <= 2)
+    sum_splits_batched<Cfg::THREADS, kNarrow ? 2 : 4, 2>(begin, end, splits, load, store);
+  else if (splits <= 4 && !kNarrow)
+    sum_splits_batched<Cfg::THREADS, 2, 4>(begin, end, splits, load, store);
+  else
+    sum_splits_batched<Cfg::THREADS, 1, 8>(begin, end, splits, load, store);
+}
+
+// Unit i (4 columns) of the CTA's FP32 tile in shared memory, row stride C_STRIDE.
+template <class Cfg>
+__device__ __forceinline__ float4* tile_unit(float* c_sh, int i) {
+  return reinterpret_cast<float4*>(c_sh + (i / (Cfg::TN / 4)) * Cfg::C_STRIDE + (i % (Cfg::TN / 4)) * 4);
+}
+
 // Split-K across the CTAs of one cluster (cluster dims (1, 1, splits), so a CTA's rank is its split): after a
-// cluster barrier each CTA adds its slice [begin, end) of the tile's 8-column units over every CTA's shared
+// cluster barrier each CTA adds its slice [begin, end) of the tile's 4-column units over every CTA's shared
 // memory (distributed shared memory), in split order, into its own shared tile; a second barrier keeps every
 // CTA resident until no other reads its shared memory. No FP32 partials through L2 and no serial fix-up by a
 // last CTA (H200, 8192 x 8192 at M = 256: 63.9 instead of 77.7 us, docs/kernels.md "Split-K").
 template <class Cfg>
 __device__ __forceinline__ void sum_splits_in_cluster(float* c_sh, int splits, int begin, int end) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  constexpr int TN8 = Cfg::TN / 8;
   cooperative_groups::cluster_group cluster = cooperative_groups::this_cluster();
   cluster.sync();  // release/acquire: every split's tile is in its shared memory
-  for (int u = begin + static_cast<int>(threadIdx.x); u < end; u += Cfg::THREADS) {
-    const int offset = (u / TN8) * Cfg::C_STRIDE + (u % TN8) * 8;
-    float4 sum[2];
-    for (int s = 0; s < splits; ++s) {
-      const float4* src = reinterpret_cast<const float4*>(cluster.map_shared_rank(c_sh + offset, s));
-      const float4 lo = src[0], hi = src[1];
-      if (s == 0) {
-        sum[0] = lo, sum[1] = hi;
-      } else {
-        sum[0].x += lo.x, sum[0].y += lo.y, sum[0].z += lo.z, sum[0].w += lo.w;
-        sum[1].x += hi.x, sum[1].y += hi.y, sum[1].z += hi.z, sum[1].w += hi.w;
-      }
-    }
-    float4* own = reinterpret_cast<float4*>(c_sh + offset);  // only this CTA's slice: nobody else reads it
-    own[0] = sum[0], own[1] = sum[1];
-  }
+  sum_splits_in_order<Cfg>(
+      begin, end, splits,
+      [&](int s, int i) { return *cluster.map_shared_rank(tile_unit<Cfg>(c_sh, i), s); },
+      // only this CTA's slice: nobody else reads it
+      [&](int i, float4 sum) { *tile_unit<Cfg>(c_sh, i) = sum; });
   cluster.sync();
 #else
   __trap();  // clusters need sm_90: the host enables them on compute capability 9.0 only
@@ -249,18 +293,15 @@ __device__ __forceinline__ void store_tile(uint8_t* smem, const MarlinGemmParams
   if (p.splits > 1 && p.cluster_splits) {
     unit_begin = static_cast<int>(static_cast<int64_t>(split) * unit_end / p.splits);
     unit_end = static_cast<int>(static_cast<int64_t>(split + 1) * unit_end / p.splits);
-    sum_splits_in_cluster<Cfg>(c_sh, p.splits, unit_begin, unit_end);
+    sum_splits_in_cluster<Cfg>(c_sh, p.splits, 2 * unit_begin, 2 * unit_end);
   } else if (p.splits > 1) {
     // ---- split-K by workspace: publish this split's tile; the last CTA to arrive sums all splits in order
     const int tile = m_tile * p.n_tiles + n_tile;
     const int64_t tile_elems = Cfg::ROWS * Cfg::TN;
     const int64_t num_tiles = static_cast<int64_t>(p.m_tiles) * p.n_tiles;
-    float* mine = p.partials + (split * num_tiles + tile) * tile_elems;
-    for (int i = tid; i < rows * TN4; i += Cfg::THREADS) {
-      const int r = i / TN4, c = (i % TN4) * 4;
-      __stcg(reinterpret_cast<float4*>(mine + r * Cfg::TN + c),
-             *reinterpret_cast<const float4*>(&c_sh[r * Cfg::C_STRIDE + c]));
-    }
+    // split s's tile: tile_elems floats at slot(s), unit i at slot(s) + i (rows of TN, no padding)
+    auto slot = [&](int s) { return reinterpret_cast<float4*>(p.partials + (s * num_tiles + tile) * tile_elems); };
+    for (int i = tid; i < rows * TN4; i += Cfg::THREADS) __stcg(slot(split) + i, *tile_unit<Cfg>(c_sh, i));
     __threadfence();
     __syncthreads();
     if (tid == 0) {
@@ -271,37 +312,10 @@ __device__ __forceinline__ void store_tile(uint8_t* smem, const MarlinGemmParams
     __syncthreads();
     if (!tile_is_last) return;
     __threadfence();
-    // Up to 8 slots are loaded before any is added (the loads' L2 latencies overlap instead of adding up;
-    // at M = 1 only TN/4 threads have work here), then added in split order: bit-identical to a serial sum.
-    constexpr int kInFlight = 8;
-    for (int i = tid; i < rows * TN4; i += Cfg::THREADS) {
-      const int r = i / TN4, c = (i % TN4) * 4;
-      float4* own = reinterpret_cast<float4*>(&c_sh[r * Cfg::C_STRIDE + c]);
-      const float* slot0 = p.partials + tile * tile_elems + r * Cfg::TN + c;
-      float4 sum = make_float4(0.f, 0.f, 0.f, 0.f);
-      for (int s0 = 0; s0 < p.splits; s0 += kInFlight) {
-        float4 v[kInFlight];
-#pragma unroll
-        for (int u = 0; u < kInFlight; ++u) {
-          const int s = s0 + u;
-          if (s < p.splits)
-            v[u] = s == split ? *own : __ldcg(reinterpret_cast<const float4*>(slot0 + s * num_tiles * tile_elems));
-        }
-#pragma unroll
-        for (int u = 0; u < kInFlight; ++u) {
-          const int s = s0 + u;
-          if (s == 0) {
-            sum = v[u];
-          } else if (s < p.splits) {
-            sum.x += v[u].x;
-            sum.y += v[u].y;
-            sum.z += v[u].z;
-            sum.w += v[u].w;
-          }
-        }
-      }
-      *own = sum;
-    }
+    sum_splits_in_order<Cfg>(
+        0, rows * TN4, p.splits,
+        [&](int s, int i) { return s == split ? *tile_unit<Cfg>(c_sh, i) : __ldcg(slot(s) + i); },
+        [&](int i, float4 sum) { *tile_unit<Cfg>(c_sh, i) = sum; });
     __syncthreads();
   }
 
