@@ -33,6 +33,9 @@ using ConfigWg256x128 = WgmmaConfig<256, 1, 2, 4, 1>;
 // the accumulators per thread, so 16 warps per SM hide the dequantization latency.
 using ConfigWg64x256w4 = WgmmaConfig<64, 1, 4, 4, 2>;
 using ConfigWg128x256w4 = WgmmaConfig<128, 1, 4, 5, 1>;
+// wg64x512 on the stream-K schedule (wgmma_kernel.cuh StreamK): one CTA per SM slot, equal work each, for the
+// shapes whose tile count leaves SMs idle under split-K (28672 columns: 56 tiles of 512 on 132 SMs).
+using ConfigWg64x512sk = WgmmaConfig<64, 4, 2, 5, 1, true>;
 // Decode-kernel weight stream on wgmma (stream_wgmma_kernel.cuh): StreamWgmmaConfig<NTOK rows of x, FRAGS,
 // warpgroups, STEPS, CHUNK k16 steps of activations per buffer, MIN_BLOCKS>, named rows x columns.
 using ConfigSw16x512 = StreamWgmmaConfig<16, 4, 2, 8, 48, 2>;

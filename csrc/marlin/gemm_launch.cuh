@@ -55,14 +55,16 @@ inline int split_count(int64_t busy_tiles, int64_t slots, int max_splits) {
   return std::max(1, static_cast<int>(std::min<int64_t>({slots / busy_tiles, max_splits, kMaxSplits})));
 }
 
-// Workspace of the counter path of split-K (store_tile), covering every tile of the grid: arrival counters
-// (split_k_counters.h: zero on entry, left zero by the kernel) and FP32 partials from the caching allocator
-// (stream-ordered, CUDA-graph safe; the caller keeps the tensor alive until the launch is enqueued).
-inline at::Tensor split_k_workspace(MarlinGemmParams& p, int64_t tile_elems, int device, cudaStream_t stream) {
+// Workspace of the counter path of split-K (store_tile): an arrival counter per tile of the grid
+// (split_k_counters.h: zero on entry, left zero by the kernel) and `slots` FP32 partial tiles (SplitSlots) from
+// the caching allocator (stream-ordered, CUDA-graph safe; the caller keeps the tensor alive until the launch is
+// enqueued). The grid's split-K takes splits x tiles slots.
+inline at::Tensor split_k_workspace(MarlinGemmParams& p, int64_t slots, int64_t tile_elems, int device,
+                                    cudaStream_t stream) {
   const int64_t tiles = static_cast<int64_t>(p.m_tiles) * p.n_tiles;
   p.counters = zeroed_split_k_counters(device, stream, tiles);
   const auto options = at::TensorOptions().device(at::kCUDA, device).dtype(at::kFloat);
-  at::Tensor partials = at::empty({p.splits * tiles * tile_elems}, options);
+  at::Tensor partials = at::empty({slots * tile_elems}, options);
   p.partials = partials.data_ptr<float>();
   return partials;
 }
@@ -130,8 +132,28 @@ void launch_tiles(MarlinGemmParams p, int device, int max_splits) {
     return;
   }
   at::Tensor partials;
-  if (p.splits > 1) partials = split_k_workspace(p, Cfg::ROWS * Cfg::TN, device, stream);
+  if (p.splits > 1) partials = split_k_workspace(p, p.splits * tiles, Cfg::ROWS * Cfg::TN, device, stream);
   kKernel<<<grid, Cfg::THREADS, Cfg::SMEM_BYTES, stream>>>(p);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+// A stream-K launch (wgmma_kernel.cuh StreamK): one CTA per resident slot, each with at least
+// kStreamKMinKTiles k-tiles of work (fewer would be mostly pipeline fill), and two workspace slots per CTA.
+constexpr int kStreamKMinKTiles = 8;
+
+template <auto kKernel, class Cfg>
+void launch_stream_k(MarlinGemmParams p, int device) {
+  p.m_tiles = (p.m + Cfg::ROWS - 1) / Cfg::ROWS;
+  p.n_tiles = (p.n_pad + Cfg::TN - 1) / Cfg::TN;
+  const int64_t slots = static_cast<int64_t>(sm_count(device)) *
+                        kernel_occupancy<kKernel, Cfg::THREADS, Cfg::SMEM_BYTES>(device);
+  const int64_t units = static_cast<int64_t>(p.m_tiles) * p.n_tiles * p.k_tiles;
+  const int ctas = static_cast<int>(std::max<int64_t>(1, std::min(slots, units / kStreamKMinKTiles)));
+  p.splits = 1;  // per tile in the kernel (StreamK::splits_of)
+  p.cluster_splits = 0;
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(device);
+  const at::Tensor partials = split_k_workspace(p, 2 * static_cast<int64_t>(ctas), Cfg::ROWS * Cfg::TN, device, stream);
+  kKernel<<<ctas, Cfg::THREADS, Cfg::SMEM_BYTES, stream>>>(p);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
@@ -152,7 +174,10 @@ template <typename T, class Cfg>
 void launch_wgmma_with_config(MarlinGemmParams p, int device) {
   TORCH_CHECK(sm_major(device) == 9, "nvfp4_C::marlin_gemm: the wgmma configs need a Hopper (SM 9.0) GPU");
   p.k_tiles = p.k_pad / Cfg::TK;
-  launch_tiles<marlin_wgmma_kernel<T, Cfg>, Cfg>(p, device, p.k_tiles);
+  if constexpr (Cfg::STREAM_K)
+    launch_stream_k<marlin_wgmma_kernel<T, Cfg>, Cfg>(p, device);
+  else
+    launch_tiles<marlin_wgmma_kernel<T, Cfg>, Cfg>(p, device, p.k_tiles);
 }
 
 // The stream-wgmma kernels (sm_90a only, as the wgmma ones): split K no finer than two ring turns per split.
@@ -205,6 +230,7 @@ void launch_marlin_gemm(const at::Tensor& x, const at::Tensor& qweight, const at
     case 11: launch_gemv_with_config<T, ConfigGemv16>(p, device); break;
     case 12: launch_stream_wgmma_with_config<T, ConfigSw16x512>(p, device); break;
     case 13: launch_gemv_with_config<T, ConfigGemv16b>(p, device); break;
+    case 14: launch_wgmma_with_config<T, ConfigWg64x512sk>(p, device); break;
     default: TORCH_CHECK(false, "nvfp4_C::marlin_gemm: no tile config ", config);
   }
 }

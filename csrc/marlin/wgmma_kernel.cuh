@@ -25,7 +25,7 @@
 
 namespace nvfp4 {
 
-template <int NTOK_, int FRAGS_, int WG_, int STAGES_, int MIN_BLOCKS_>
+template <int NTOK_, int FRAGS_, int WG_, int STAGES_, int MIN_BLOCKS_, bool STREAM_K_ = false>
 struct WgmmaConfig {
   static constexpr int NTOK = NTOK_;      // rows of x per tile = wgmma N
   static constexpr int FRAGS = FRAGS_;    // m16 weight fragments (int32 of the layout) per warp per k16 step
@@ -33,6 +33,7 @@ struct WgmmaConfig {
   static constexpr int STAGES = STAGES_;  // pipeline stages (k-tiles of 64)
   static constexpr int THREADS = 128 * WG;
   static constexpr int MIN_BLOCKS = MIN_BLOCKS_;  // resident CTAs per SM the registers must allow
+  static constexpr bool STREAM_K = STREAM_K_;     // stream-K schedule (StreamK below) instead of grid split-K
   static constexpr int ROWS = NTOK;
   static constexpr int TN = WG * FRAGS * 64;
   static constexpr int TK = 64;  // one 128-byte swizzle row of 16-bit activations
@@ -71,10 +72,11 @@ __device__ __forceinline__ void dequant_a_fragments(const uint32_t (&q)[FRAGS], 
 // The end of a wgmma kernel, once every MMA has retired and shared memory is free: this warp's accumulators ->
 // the CTA's [NTOK rows of x, TN columns] FP32 tile, then split-K and the epilogue (store_tile). Fragment j of the
 // m64 x NTOK tile: acc[j][4i + e] is column col0 + 16 j + lane/4 (+8 for e >= 2), row 8i + 2 (lane % 4) (+1 for
-// odd e). The tile is the grid's: blockIdx = (column tile, row tile, split), as both wgmma kernels launch.
+// odd e). The tile is (m_tile, n_tile), the CTA's part of its K range `slots` (store_tile).
 template <typename T, class Cfg>
 __device__ __forceinline__ void finish_wgmma_tile(uint8_t* smem, const MarlinGemmParams& p,
-                                                  const float (&acc)[Cfg::FRAGS][Cfg::NTOK / 2], int col0) {
+                                                  const float (&acc)[Cfg::FRAGS][Cfg::NTOK / 2], int col0, int m_tile,
+                                                  int n_tile, const SplitSlots& slots) {
   const int lane = threadIdx.x & 31;
   float* c_sh = reinterpret_cast<float*>(smem);
 #pragma unroll
@@ -90,24 +92,39 @@ __device__ __forceinline__ void finish_wgmma_tile(uint8_t* smem, const MarlinGem
   }
   __syncthreads();
   auto routed_id = [&](int r) -> int64_t { return r < p.m ? r : -1; };
-  store_tile<T, Cfg, false>(smem, p, p.global_scale, blockIdx.y, blockIdx.x, blockIdx.z, routed_id);
+  store_tile<T, Cfg, false>(smem, p, p.global_scale, m_tile, n_tile, slots, routed_id);
 }
 
-template <typename T, class Cfg>
-__global__ void __launch_bounds__(Cfg::THREADS, Cfg::MIN_BLOCKS) marlin_wgmma_kernel(const MarlinGemmParams p) {
-#if NVFP4_HAS_WGMMA
-  extern __shared__ __align__(16) uint8_t smem_raw[];
-  uint8_t* smem = smem_raw + ((1024 - (smem_addr(smem_raw) & 1023)) & 1023);
+// Stream-K (configs with STREAM_K): the grid's CTAs share the flattened work of all tiles, tiles x k_tiles
+// units (tile-major, tile = m_tile * n_tiles + n_tile), in equal contiguous ranges: CTA c owns [begin(c),
+// begin(c + 1)). So every SM gets the same work whatever the tile count (split-K rounds it to whole tiles per
+// split: 56 tiles x 2 splits leave 20 of 132 SMs idle), at the cost of partial tiles. The units of tile t are
+// covered by the consecutive CTAs cover(t KT) .. cover((t + 1) KT - 1), split j of the tile being the
+// (j + 1)-th; they add in that (k) order through the workspace (store_tile). A CTA has at most two partial
+// tiles, its first and its last, so it owns workspace slots 2c and 2c + 1.
+struct StreamK {
+  int64_t total;  // tiles * k_tiles (< 2^31: launch_stream_k)
+  int ctas;       // gridDim.x, <= total
+  __device__ __forceinline__ int begin(int c) const { return static_cast<int>(total * c / ctas); }
+  __device__ __forceinline__ int cover(int unit) const { return static_cast<int>(((unit + 1) * int64_t{ctas} - 1) / total); }
+  // Tile t (units [t0, t0 + k_tiles)) as seen by CTA c: its split index, the split count and their slots.
+  __device__ __forceinline__ SplitSlots splits_of(int c, int t0, int k_tiles) const {
+    const int c0 = cover(t0), c1 = cover(t0 + k_tiles - 1);
+    return {c - c0, c1 - c0 + 1, 2 * static_cast<int64_t>(c0), 2, begin(c0) != t0};
+  }
+};
 
+// One tile's K range [kt_begin, kt_end) of k-tiles: the pipelined main loop, then finish_wgmma_tile with the
+// split's slots() (a callback: what it needs is derived after the loop instead of held in registers through it).
+template <typename T, class Cfg, class Slots>
+__device__ __forceinline__ void wgmma_tile(uint8_t* smem, const MarlinGemmParams& p, int n_tile, int m_tile,
+                                           int kt_begin, int kt_end, Slots slots) {
   const int tid = threadIdx.x;
   const int lane = tid & 31;
   const int warp = tid >> 5;
   const int wg = warp / 4, wi = warp % 4;  // warpgroup, warp within it (= its 16 rows of the wgmma's 64)
-  const int n_tile = blockIdx.x, m_tile = blockIdx.y, split = blockIdx.z;
   const int m0 = m_tile * Cfg::NTOK;
   const int n0 = n_tile * Cfg::TN;
-  const int kt_begin = static_cast<int>(static_cast<int64_t>(split) * p.k_tiles / p.splits);
-  const int kt_end = static_cast<int>(static_cast<int64_t>(split + 1) * p.k_tiles / p.splits);
   const int num_k = kt_end - kt_begin;
 
   // Activation load plan: chunk c (8 values) of tile row r goes to r * 128 + (c ^ (r % 8)) * 16 (the wgmma
@@ -225,7 +242,35 @@ __global__ void __launch_bounds__(Cfg::THREADS, Cfg::MIN_BLOCKS) marlin_wgmma_ke
   cp_async_wait<0>();
   __syncthreads();
 
-  finish_wgmma_tile<T, Cfg>(smem, p, acc, tile * 64 + 16 * first);
+  finish_wgmma_tile<T, Cfg>(smem, p, acc, tile * 64 + 16 * first, m_tile, n_tile, slots());
+}
+
+template <typename T, class Cfg>
+__global__ void __launch_bounds__(Cfg::THREADS, Cfg::MIN_BLOCKS) marlin_wgmma_kernel(const MarlinGemmParams p) {
+#if NVFP4_HAS_WGMMA
+  extern __shared__ __align__(16) uint8_t smem_raw[];
+  uint8_t* smem = smem_raw + ((1024 - (smem_addr(smem_raw) & 1023)) & 1023);
+  if constexpr (Cfg::STREAM_K) {
+    const StreamK sk{static_cast<int64_t>(p.m_tiles) * p.n_tiles * p.k_tiles, static_cast<int>(gridDim.x)};
+    const int end = sk.begin(blockIdx.x + 1);
+    for (int unit = sk.begin(blockIdx.x); unit < end;) {
+      const int tile = unit / p.k_tiles;
+      const int t0 = tile * p.k_tiles;
+      const int seg_end = min(end, t0 + p.k_tiles);
+      wgmma_tile<T, Cfg>(smem, p, tile % p.n_tiles, tile / p.n_tiles, unit - t0, seg_end - t0, [&] {
+        return StreamK{static_cast<int64_t>(p.m_tiles) * p.n_tiles * p.k_tiles, static_cast<int>(gridDim.x)}.splits_of(
+            blockIdx.x, tile * p.k_tiles, p.k_tiles);
+      });
+      unit = seg_end;
+      __syncthreads();  // the epilogue's reads of shared memory are done before the next tile's loads land
+    }
+  } else {
+    const int split = blockIdx.z;
+    const int kt_begin = static_cast<int>(static_cast<int64_t>(split) * p.k_tiles / p.splits);
+    const int kt_end = static_cast<int>(static_cast<int64_t>(split + 1) * p.k_tiles / p.splits);
+    wgmma_tile<T, Cfg>(smem, p, blockIdx.x, blockIdx.y, kt_begin, kt_end,
+                       [&] { return grid_split(p, blockIdx.y, blockIdx.x, blockIdx.z); });
+  }
 #else
   __trap();  // not an sm_90a build: the host never launches this (launch_wgmma_with_config)
 #endif

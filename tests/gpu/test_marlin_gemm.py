@@ -151,7 +151,7 @@ def test_gemm_matches_fp32_reference(m, n, k, dtype, with_bias):
 
 # nvfp4_C.marlin_gemm_configs()
 CONFIG_NAMES = ["m16", "m32", "m64", "large", "gemv8", "wg64x512", "wg64x256", "wg128x256", "wg256x128", "wg64x256w4",
-                "wg128x256w4", "gemv16", "sw16x512", "gemv16b"]
+                "wg128x256w4", "gemv16", "sw16x512", "gemv16b", "wg64x512sk"]
 CONFIGS = range(len(CONFIG_NAMES))
 
 
@@ -387,6 +387,31 @@ def test_wgmma_configs_on_model_shapes(config, m, n, k):
         out, poisoned = run_gemm(x, q, s, gs, bias, n, k, config=config)
         assert not torch.isnan(out).any(), f"unwritten (NaN) outputs; poisoned block reused: {poisoned}"
         assert rel_err(out, reference_gemm(x, w, sf, gs, bias)) < 1e-2
+
+
+@pytest.mark.parametrize("m,n,k", [(64, 3584, 2368), (130, 3584, 2368), (1, 1000, 4160), (65, 28672, 8192),
+                                   (200, 512, 64 * 8 * 132 + 64), (2000, 4096, 192), (4096, 4096, 256)])
+def test_stream_k_segments_add_up(m, n, k):
+    """wg64x512sk (wgmma_kernel.cuh StreamK): the CTAs' equal shares of the tile x k-tile work start and end
+    inside tiles. On 132 SMs these shapes split a tile into 2-3, 5-6, 8 or 33 segments at varying k-tiles, and
+    (the last two) give CTAs whole tiles between their partial first and last ones; partial N and several row
+    tiles. Against the FP32 reference with poisoned outputs, and bit-identical on a second run and in CUDA graph
+    replay (the segments add in k order, not in arrival order)."""
+    config = CONFIG_NAMES.index("wg64x512sk")
+    w, sf = random_fp4(n, k, seed=m + n + k, pool=FINITE_E4M3[FINITE_E4M3.float().abs() > 0.5])
+    w, sf = w.to(DEV), sf.to(DEV)
+    q, s = ops.marlin_repack(w, sf)
+    g = torch.Generator(device=DEV).manual_seed(m * 7 + n)
+    gs = torch.tensor(2e-3, device=DEV)
+    for dtype in (torch.bfloat16, torch.float16):
+        x = torch.randn(m, k, device=DEV, generator=g).to(dtype)
+        bias = torch.randn(n, device=DEV, generator=g).to(dtype)
+        out, poisoned = run_gemm(x, q, s, gs, bias, n, k, config=config)
+        assert not torch.isnan(out).any(), f"unwritten (NaN) outputs; poisoned block reused: {poisoned}"
+        assert rel_err(out, reference_gemm(x, w, sf, gs, bias)) < 1e-2
+        run = lambda: torch.ops.nvfp4_C.marlin_gemm(x, q, s, gs.reshape(1), bias, n, k, config)  # noqa: E731
+        assert torch.equal(run(), out)
+        assert_graph_replays_reproduce(run, out)
 
 
 @pytest.mark.parametrize("tactic", [*CONFIGS, "dequant", "auto"], ids=[*CONFIG_NAMES, "dequant", "auto"])
