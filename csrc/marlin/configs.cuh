@@ -33,7 +33,7 @@ using ConfigWg256x128 = WgmmaConfig<256, 1, 2, 4, 1>;
 // the accumulators per thread, so 16 warps per SM hide the dequantization latency.
 using ConfigWg64x256w4 = WgmmaConfig<64, 1, 4, 4, 2>;
 using ConfigWg128x256w4 = WgmmaConfig<128, 1, 4, 5, 1>;
-// wg64x512 on the stream-K schedule (wgmma_kernel.cuh StreamK): one CTA per SM slot, equal work each, for the
+// wg64x512 on the stream-K schedule (split_k.cuh StreamK): one CTA per SM slot, equal work each, for the
 // shapes whose tile count leaves SMs idle under split-K (28672 columns: 56 tiles of 512 on 132 SMs).
 using ConfigWg64x512sk = WgmmaConfig<64, 4, 2, 5, 1, true>;
 // Decode-kernel weight stream on wgmma (stream_wgmma_kernel.cuh): StreamWgmmaConfig<NTOK rows of x, FRAGS,

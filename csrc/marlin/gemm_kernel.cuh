@@ -28,6 +28,7 @@
 
 #include "dequant.cuh"
 #include "ptx.cuh"
+#include "split_k.cuh"
 
 namespace nvfp4 {
 
@@ -271,15 +272,6 @@ __device__ __forceinline__ void sum_splits_in_cluster(float* c_sh, int splits, i
   __trap();  // clusters need sm_90: the host enables them on compute capability 9.0 only
 #endif
 }
-
-// Which split of its tile a CTA computed, of how many, and where the workspace path of split-K keeps each
-// split's FP32 partial tile: split s in slot base + s * stride (+ first_extra for s = 0) of tile_elems floats.
-struct SplitSlots {
-  int split, splits;
-  int64_t base, stride;
-  int first_extra;
-  __device__ __forceinline__ int64_t slot(int s) const { return base + s * stride + (s == 0 ? first_extra : 0); }
-};
 
 // The grid's split-K (grid z = p.splits ranges of K): split s of tile t in slot s * tiles + t.
 __device__ __forceinline__ SplitSlots grid_split(const MarlinGemmParams& p, int m_tile, int n_tile, int split) {

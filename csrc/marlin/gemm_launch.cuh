@@ -137,7 +137,7 @@ void launch_tiles(MarlinGemmParams p, int device, int max_splits) {
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-// A stream-K launch (wgmma_kernel.cuh StreamK): one CTA per resident slot, each with at least
+// A stream-K launch (split_k.cuh StreamK): one CTA per resident slot, each with at least
 // kStreamKMinKTiles k-tiles of work (fewer would be mostly pipeline fill), and two workspace slots per CTA.
 constexpr int kStreamKMinKTiles = 8;
 
@@ -148,6 +148,7 @@ void launch_stream_k(MarlinGemmParams p, int device) {
   const int64_t slots = static_cast<int64_t>(sm_count(device)) *
                         kernel_occupancy<kKernel, Cfg::THREADS, Cfg::SMEM_BYTES>(device);
   const int64_t units = static_cast<int64_t>(p.m_tiles) * p.n_tiles * p.k_tiles;
+  TORCH_CHECK(units < (int64_t{1} << 31), "nvfp4_C::marlin_gemm: too many tiles x k-tiles for a stream-K launch");
   const int ctas = static_cast<int>(std::max<int64_t>(1, std::min(slots, units / kStreamKMinKTiles)));
   p.splits = 1;  // per tile in the kernel (StreamK::splits_of)
   p.cluster_splits = 0;

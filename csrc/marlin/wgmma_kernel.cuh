@@ -95,25 +95,6 @@ __device__ __forceinline__ void finish_wgmma_tile(uint8_t* smem, const MarlinGem
   store_tile<T, Cfg, false>(smem, p, p.global_scale, m_tile, n_tile, slots, routed_id);
 }
 
-// Stream-K (configs with STREAM_K): the grid's CTAs share the flattened work of all tiles, tiles x k_tiles
-// units (tile-major, tile = m_tile * n_tiles + n_tile), in equal contiguous ranges: CTA c owns [begin(c),
-// begin(c + 1)). So every SM gets the same work whatever the tile count (split-K rounds it to whole tiles per
-// split: 56 tiles x 2 splits leave 20 of 132 SMs idle), at the cost of partial tiles. The units of tile t are
-// covered by the consecutive CTAs cover(t KT) .. cover((t + 1) KT - 1), split j of the tile being the
-// (j + 1)-th; they add in that (k) order through the workspace (store_tile). A CTA has at most two partial
-// tiles, its first and its last, so it owns workspace slots 2c and 2c + 1.
-struct StreamK {
-  int64_t total;  // tiles * k_tiles (< 2^31: launch_stream_k)
-  int ctas;       // gridDim.x, <= total
-  __device__ __forceinline__ int begin(int c) const { return static_cast<int>(total * c / ctas); }
-  __device__ __forceinline__ int cover(int unit) const { return static_cast<int>(((unit + 1) * int64_t{ctas} - 1) / total); }
-  // Tile t (units [t0, t0 + k_tiles)) as seen by CTA c: its split index, the split count and their slots.
-  __device__ __forceinline__ SplitSlots splits_of(int c, int t0, int k_tiles) const {
-    const int c0 = cover(t0), c1 = cover(t0 + k_tiles - 1);
-    return {c - c0, c1 - c0 + 1, 2 * static_cast<int64_t>(c0), 2, begin(c0) != t0};
-  }
-};
-
 // One tile's K range [kt_begin, kt_end) of k-tiles: the pipelined main loop, then finish_wgmma_tile with the
 // split's slots() (a callback: what it needs is derived after the loop instead of held in registers through it).
 template <typename T, class Cfg, class Slots>

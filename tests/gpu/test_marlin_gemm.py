@@ -392,7 +392,7 @@ def test_wgmma_configs_on_model_shapes(config, m, n, k):
 @pytest.mark.parametrize("m,n,k", [(64, 3584, 2368), (130, 3584, 2368), (1, 1000, 4160), (65, 28672, 8192),
                                    (200, 512, 64 * 8 * 132 + 64), (2000, 4096, 192), (4096, 4096, 256)])
 def test_stream_k_segments_add_up(m, n, k):
-    """wg64x512sk (wgmma_kernel.cuh StreamK): the CTAs' equal shares of the tile x k-tile work start and end
+    """wg64x512sk (split_k.cuh StreamK): the CTAs' equal shares of the tile x k-tile work start and end
     inside tiles. On 132 SMs these shapes split a tile into 2-3, 5-6, 8 or 33 segments at varying k-tiles, and
     (the last two) give CTAs whole tiles between their partial first and last ones; partial N and several row
     tiles. Against the FP32 reference with poisoned outputs, and bit-identical on a second run and in CUDA graph
