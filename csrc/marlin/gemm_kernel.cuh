@@ -196,56 +196,6 @@ __device__ __forceinline__ void reduce_k_warps(int wk, Write write) {
   }
 }
 
-// Adds the splits of the 4-column units [begin, end) of a tile in split order, so the sum is bit-identical to a
-// serial one whichever path adds it: load(s, i) gives split s's unit i, store(i, sum) keeps the sum. Each thread
-// loads U units of S splits before adding any, so U * S loads (L2 or distributed shared memory) are in flight
-// at once; one unit at a time made the workspace fix-up a chain of L2 latencies, 16-32 in a row per thread at
-// M = 256 (docs/kernels.md "Split-K").
-template <int THREADS, int U, int S, class Load, class Store>
-__device__ __forceinline__ void sum_splits_batched(int begin, int end, int splits, Load load, Store store) {
-  for (int i0 = begin + static_cast<int>(threadIdx.x); i0 < end; i0 += U * THREADS) {
-    float4 sum[U];
-    for (int s0 = 0; s0 < splits; s0 += S) {
-      float4 v[U][S];
-#pragma unroll
-      for (int u = 0; u < U; ++u) {
-#pragma unroll
-        for (int t = 0; t < S; ++t) {
-          v[u][t] = make_float4(0.f, 0.f, 0.f, 0.f);
-          if (i0 + u * THREADS < end && s0 + t < splits) v[u][t] = load(s0 + t, i0 + u * THREADS);
-        }
-      }
-#pragma unroll
-      for (int u = 0; u < U; ++u) {
-#pragma unroll
-        for (int t = 0; t < S; ++t) {
-          if (s0 + t == 0) {
-            sum[u] = v[u][t];
-          } else if (s0 + t < splits) {
-            sum[u].x += v[u][t].x, sum[u].y += v[u][t].y, sum[u].z += v[u][t].z, sum[u].w += v[u][t].w;
-          }
-        }
-      }
-    }
-#pragma unroll
-    for (int u = 0; u < U; ++u)
-      if (i0 + u * THREADS < end) store(i0 + u * THREADS, sum[u]);
-  }
-}
-
-// sum_splits_batched with 8 loads in flight per thread (4 units of 2 splits, 2 of 4, 1 of 8 and more); the
-// kernels of 64 registers per thread (512 threads x 2 CTAs per SM) take 2 units of 2 (more spill there).
-template <class Cfg, class Load, class Store>
-__device__ __forceinline__ void sum_splits_in_order(int begin, int end, int splits, Load load, Store store) {
-  constexpr bool kNarrow = 65536 / (Cfg::THREADS * Cfg::MIN_BLOCKS) <= 64;
-  if (splits <= 2)
-    sum_splits_batched<Cfg::THREADS, kNarrow ? 2 : 4, 2>(begin, end, splits, load, store);
-  else if (splits <= 4 && !kNarrow)
-    sum_splits_batched<Cfg::THREADS, 2, 4>(begin, end, splits, load, store);
-  else
-    sum_splits_batched<Cfg::THREADS, 1, 8>(begin, end, splits, load, store);
-}
-
 // Unit i (4 columns) of the CTA's FP32 tile in shared memory, row stride C_STRIDE.
 template <class Cfg>
 __device__ __forceinline__ float4* tile_unit(float* c_sh, int i) {
@@ -263,7 +213,7 @@ __device__ __forceinline__ void sum_splits_in_cluster(float* c_sh, int splits, i
   cooperative_groups::cluster_group cluster = cooperative_groups::this_cluster();
   cluster.sync();  // release/acquire: every split's tile is in its shared memory
   sum_splits_in_order<Cfg>(
-      begin, end, splits,
+      threadIdx.x, begin, end, splits,
       [&](int s, int i) { return *cluster.map_shared_rank(tile_unit<Cfg>(c_sh, i), s); },
       // only this CTA's slice: nobody else reads it
       [&](int i, float4 sum) { *tile_unit<Cfg>(c_sh, i) = sum; });
@@ -320,7 +270,7 @@ __device__ __forceinline__ void store_tile(uint8_t* smem, const MarlinGemmParams
     if (!tile_is_last) return;
     __threadfence();
     sum_splits_in_order<Cfg>(
-        0, rows * TN4, splits,
+        tid, 0, rows * TN4, splits,
         [&](int s, int i) { return s == split ? *tile_unit<Cfg>(c_sh, i) : __ldcg(slot(s) + i); },
         [&](int i, float4 sum) { *tile_unit<Cfg>(c_sh, i) = sum; });
     __syncthreads();
