@@ -376,17 +376,26 @@ def test_wgmma_configs_on_model_shapes(config, m, n, k):
     """The wgmma kernel where it is meant to run (M of 33 .. 4096, model-sized N and K: long k loops, every
     pipeline stage reused, split-K on and off) and on awkward sizes; BF16 and FP16, fresh weights over the
     whole E4M3 range, bias, poisoned outputs."""
-    w, sf = random_fp4(n, k, seed=m * 13 + n + k + config, pool=FINITE_E4M3[FINITE_E4M3.float().abs() > 0.5])
+    assert_config_matches_reference(config, m, n, k, seed=m * 13 + n + k + config, x_seed=m + n + config)
+
+
+def assert_config_matches_reference(config, m, n, k, seed, x_seed):
+    """Fresh weights over the E4M3 range above 0.5, x and bias in BF16 and FP16, poisoned outputs: the forced
+    config within 1e-2 of the FP32 reference. Returns the weights and (x, bias, out) per dtype."""
+    w, sf = random_fp4(n, k, seed=seed, pool=FINITE_E4M3[FINITE_E4M3.float().abs() > 0.5])
     w, sf = w.to(DEV), sf.to(DEV)
     q, s = ops.marlin_repack(w, sf)
-    g = torch.Generator(device=DEV).manual_seed(m + n + config)
+    g = torch.Generator(device=DEV).manual_seed(x_seed)
     gs = torch.tensor(2e-3, device=DEV)
+    runs = []
     for dtype in (torch.bfloat16, torch.float16):
         x = torch.randn(m, k, device=DEV, generator=g).to(dtype)
         bias = torch.randn(n, device=DEV, generator=g).to(dtype)
         out, poisoned = run_gemm(x, q, s, gs, bias, n, k, config=config)
         assert not torch.isnan(out).any(), f"unwritten (NaN) outputs; poisoned block reused: {poisoned}"
         assert rel_err(out, reference_gemm(x, w, sf, gs, bias)) < 1e-2
+        runs.append((x, bias, out))
+    return (q, s, gs), runs
 
 
 @pytest.mark.parametrize("m,n,k", [(64, 3584, 2368), (130, 3584, 2368), (1, 1000, 4160), (65, 28672, 8192),
@@ -398,18 +407,9 @@ def test_stream_k_segments_add_up(m, n, k):
     tiles. Against the FP32 reference with poisoned outputs, and bit-identical on a second run and in CUDA graph
     replay (the segments add in k order, not in arrival order)."""
     config = CONFIG_NAMES.index("wg64x512sk")
-    w, sf = random_fp4(n, k, seed=m + n + k, pool=FINITE_E4M3[FINITE_E4M3.float().abs() > 0.5])
-    w, sf = w.to(DEV), sf.to(DEV)
-    q, s = ops.marlin_repack(w, sf)
-    g = torch.Generator(device=DEV).manual_seed(m * 7 + n)
-    gs = torch.tensor(2e-3, device=DEV)
-    for dtype in (torch.bfloat16, torch.float16):
-        x = torch.randn(m, k, device=DEV, generator=g).to(dtype)
-        bias = torch.randn(n, device=DEV, generator=g).to(dtype)
-        out, poisoned = run_gemm(x, q, s, gs, bias, n, k, config=config)
-        assert not torch.isnan(out).any(), f"unwritten (NaN) outputs; poisoned block reused: {poisoned}"
-        assert rel_err(out, reference_gemm(x, w, sf, gs, bias)) < 1e-2
-        run = lambda: torch.ops.nvfp4_C.marlin_gemm(x, q, s, gs.reshape(1), bias, n, k, config)  # noqa: E731
+    (q, s, gs), runs = assert_config_matches_reference(config, m, n, k, seed=m + n + k, x_seed=m * 7 + n)
+    for x, bias, out in runs:
+        run = lambda: torch.ops.nvfp4_C.marlin_gemm(x, q, s, gs.reshape(1), bias, n, k, config)  # noqa: E731, B023
         assert torch.equal(run(), out)
         assert_graph_replays_reproduce(run, out)
 
