@@ -44,6 +44,11 @@ if [[ " $steps " == *" ncu-rows "* ]]; then
     python3 benchmarks/profile_gemv_rows.py > "$OUT/ncu_rows.log" 2>&1
   echo "ncu-rows rc=$? $(( $(date +%s) - t )) s"; grep -E "launch order|Duration|Hit Rate|Throughput|Stall" \
     "$OUT/ncu_rows.log" | head -60
+  # The memory tables (instructions, requests, wavefronts, sectors per memory space) in a run of their own, so
+  # the sections above come back even if this section is missing from the installed ncu.
+  timeout 300 ncu --clock-control none -k regex:marlin_gemv_kernel --launch-skip 4 --launch-count 4 \
+    --section MemoryWorkloadAnalysis_Tables python3 benchmarks/profile_gemv_rows.py > "$OUT/ncu_tables.log" 2>&1
+  echo "ncu tables rc=$?"; grep -E "marlin_gemv_kernel|Global Load|Shared|Wavefronts" "$OUT/ncu_tables.log" | head -40
 fi
 if [[ " $steps " == *" gemm "* ]]; then
   t=$(date +%s)
