@@ -4,7 +4,8 @@
 
 For (N, K) in the Llama-style shapes and M in {1, 16, 64, 256, 1024, 4096}: median time per GEMM of
   marlin  nvfp4::marlin_gemm(..., gemm="marlin"): the W4A16 kernel (BF16 activations, FP4 weights + scale codes)
-  auto    nvfp4::marlin_gemm(..., gemm="auto"): the tactic the op picks (kernel or dequantize + cuBLAS)
+  auto    nvfp4::marlin_gemm(..., gemm="auto"): the tactic the op picks (kernel or dequantize + cuBLAS),
+          named in the last column
   cublas  x @ w.t() with BF16 weights
   floor   (FP4 weight bytes + scale bytes + activations in + out) / measured device-to-device copy bandwidth
 Timing: each measured callable is captured in a CUDA graph that runs it over several input sets (rotated so
@@ -22,7 +23,7 @@ import statistics
 import torch
 
 import nvfp4_compile  # noqa: F401  registers torch.ops.nvfp4.*
-from nvfp4_compile.ops import _C
+from nvfp4_compile.ops import _C, gemm_tactics
 
 SHAPES = [(4096, 4096), (14336, 4096), (4096, 14336), (8192, 8192), (28672, 8192), (8192, 28672)]
 M_VALUES = [1, 16, 64, 256, 1024, 4096]
@@ -108,7 +109,8 @@ def bench_shape(n: int, k: int, m_values, l2_bytes: int, bandwidth: float, gen: 
         times = {name: min(r[name] for r in rounds) for name in columns}
         marlin, auto, cublas = times["marlin"], times["auto"], times["cublas"]
         floor = (fp4_bytes + 2 * m * k + 2 * m * n) / bandwidth * 1e3
-        rows.append((n, k, m, marlin, auto, cublas, floor))
+        choice = gemm_tactics.selector().choice(gemm_tactics.problem_key(xs[0], n, k))
+        rows.append((n, k, m, marlin, auto, cublas, floor, choice.best if choice else "?"))
         del xs
     del weights, w_bf16
     torch.cuda.empty_cache()
@@ -130,23 +132,24 @@ def main() -> None:
     gen = torch.Generator(device=DEV).manual_seed(0)
     shapes = SHAPES[:2] if args.quick else SHAPES
     header = (f"{'N':>6} {'K':>6} {'M':>5} | {'marlin us':>9} {'auto us':>9} {'cuBLAS us':>9} {'floor us':>9} | "
-              f"{'marlin/floor':>12} {'cuBLAS/marlin':>13} {'cuBLAS/auto':>11} {'marlin TF/s':>11}")
+              f"{'marlin/floor':>12} {'cuBLAS/marlin':>13} {'cuBLAS/auto':>11} {'marlin TF/s':>11} | auto choice")
     print(header)
     print("-" * len(header))
     all_rows = []
     for n, k in shapes:
         for row in bench_shape(n, k, M_VALUES, l2_bytes, bandwidth, gen):
-            n_, k_, m, marlin, auto, cublas, floor = row
+            n_, k_, m, marlin, auto, cublas, floor, choice = row
             tflops = 2 * m * n_ * k_ / (marlin * 1e-3) / 1e12
             print(f"{n_:>6} {k_:>6} {m:>5} | {marlin * 1e3:>9.1f} {auto * 1e3:>9.1f} {cublas * 1e3:>9.1f} "
                   f"{floor * 1e3:>9.1f} | {marlin / floor:>12.2f} {cublas / marlin:>13.2f} {cublas / auto:>11.2f} "
-                  f"{tflops:>11.1f}", flush=True)
+                  f"{tflops:>11.1f} | {choice}", flush=True)
             all_rows.append(row)
     if args.csv:
         with open(args.csv, "w") as f:
-            f.write("n,k,m,marlin_us,auto_us,cublas_us,floor_us\n")
-            for n_, k_, m, marlin, auto, cublas, floor in all_rows:
-                f.write(f"{n_},{k_},{m},{marlin * 1e3:.3f},{auto * 1e3:.3f},{cublas * 1e3:.3f},{floor * 1e3:.3f}\n")
+            f.write("n,k,m,marlin_us,auto_us,cublas_us,floor_us,auto_choice\n")
+            for n_, k_, m, marlin, auto, cublas, floor, choice in all_rows:
+                f.write(f"{n_},{k_},{m},{marlin * 1e3:.3f},{auto * 1e3:.3f},{cublas * 1e3:.3f},{floor * 1e3:.3f},"
+                        f"{choice}\n")
 
 
 if __name__ == "__main__":
