@@ -109,33 +109,34 @@ __device__ __forceinline__ void wgmma_tile(uint8_t* smem, const MarlinGemmParams
   const int num_k = kt_end - kt_begin;
 
   // Activation load plan: chunk c (8 values) of tile row r goes to r * 128 + (c ^ (r % 8)) * 16 (the wgmma
-  // 128-byte swizzle). Rows >= M and columns >= K are zero-filled (cp.async src-size 0).
+  // 128-byte swizzle). Rows >= M and columns >= K are zero-filled (cp.async src-size 0). A thread copies chunk
+  // c = tid % 8 of rows r0 + j * ROW_STEP (ROW_STEP = THREADS / 8, a multiple of 8): one column, one swizzle, so
+  // its destinations are a constant distance apart and one pointer, one column and one destination serve all
+  // A_ITERS copies (per-copy registers made the stream-K kernels rematerialize them every stage).
   constexpr int A_ITERS = Cfg::NTOK * 8 / Cfg::THREADS;
+  constexpr int ROW_STEP = Cfg::THREADS / 8;
+  static_assert(ROW_STEP % 8 == 0, "every copy of a thread in the same swizzle phase");
   const T* a_base = static_cast<const T*>(p.a);
-  const T* a_src[A_ITERS];
-  int a_col[A_ITERS];
+  const int a_r0 = tid / 8, a_c = tid % 8;
+  const uint32_t a_dst = a_r0 * 128 + ((a_c ^ (a_r0 & 7)) * 16);
+  const int64_t a_row_step = static_cast<int64_t>(ROW_STEP) * p.lda;
+  int a_col = kt_begin * Cfg::TK + a_c * 8;
+  const T* a_src = a_base + static_cast<int64_t>(m0 + a_r0) * p.lda + a_col;  // not read for rows >= M
   bool a_row_ok[A_ITERS];
-  uint32_t a_dst[A_ITERS];
 #pragma unroll
-  for (int it = 0; it < A_ITERS; ++it) {
-    const int i = tid + it * Cfg::THREADS;
-    const int r = i / 8, c = i % 8;
-    a_row_ok[it] = m0 + r < p.m;
-    a_col[it] = kt_begin * Cfg::TK + c * 8;
-    a_src[it] = a_base + static_cast<int64_t>(a_row_ok[it] ? m0 + r : 0) * p.lda + a_col[it];
-    a_dst[it] = r * 128 + ((c ^ (r & 7)) * 16);
-  }
+  for (int it = 0; it < A_ITERS; ++it) a_row_ok[it] = m0 + a_r0 + it * ROW_STEP < p.m;
   WeightStageLoader<Cfg> weights(p, p.b, p.s, n0, kt_begin);
   auto load_next = [&](int stage) {
-    uint8_t* base = smem + stage * Cfg::STAGE_BYTES;
+    uint8_t* base = smem + stage * Cfg::STAGE_BYTES + a_dst;
+    const bool col_ok = a_col < p.k;
 #pragma unroll
     for (int it = 0; it < A_ITERS; ++it) {
-      const bool ok = a_row_ok[it] && a_col[it] < p.k;
-      cp_async16(base + a_dst[it], ok ? a_src[it] : a_base, ok);
-      a_src[it] += Cfg::TK;
-      a_col[it] += Cfg::TK;
+      const bool ok = a_row_ok[it] && col_ok;
+      cp_async16(base + it * ROW_STEP * 128, ok ? a_src + it * a_row_step : a_base, ok);
     }
-    weights.load(base + Cfg::A_BYTES);
+    a_src += Cfg::TK;
+    a_col += Cfg::TK;
+    weights.load(smem + stage * Cfg::STAGE_BYTES + Cfg::A_BYTES);
   };
 
   // This warp's weights: layout tile `tile` (of the CTA's TN / 64) and its int32 `first` .. first + FRAGS - 1.
