@@ -66,7 +66,7 @@ template <typename T, class Cfg>
 __global__ void __launch_bounds__(Cfg::THREADS, Cfg::MIN_BLOCKS) marlin_stream_wgmma_kernel(const MarlinGemmParams p) {
 #if NVFP4_HAS_WGMMA
   extern __shared__ __align__(16) uint8_t smem_raw[];
-  uint8_t* smem = smem_raw + ((1024 - (smem_addr(smem_raw) & 1023)) & 1023);
+  uint8_t* smem = swizzle_atom_aligned(smem_raw);
   const int tid = threadIdx.x;
   const int lane = tid & 31;
   const int warp = tid >> 5;

@@ -13,6 +13,8 @@
 #include <cstdint>
 #include <type_traits>
 
+#include "ptx.cuh"  // smem_addr
+
 // wgmma exists only in the sm_90a target; other targets (NVFP4_COMPILE_SM80) compile the kernel to a trap and
 // the host refuses to launch it on devices other than SM 9.x.
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
@@ -29,6 +31,11 @@ namespace nvfp4 {
 __device__ __forceinline__ uint64_t sw128_kmajor_desc(uint32_t smem_byte_addr) {
   return static_cast<uint64_t>((smem_byte_addr & 0x3FFFF) >> 4) | (uint64_t{1} << 16) |
          (uint64_t{1024 >> 4} << 32) | (uint64_t{1} << 62);
+}
+
+// The kernel's dynamic shared memory moved up to the 1024-byte swizzle atom (its SMEM_BYTES reserve the 1024).
+__device__ __forceinline__ uint8_t* swizzle_atom_aligned(uint8_t* raw) {
+  return raw + ((1024 - (smem_addr(raw) & 1023)) & 1023);
 }
 
 __device__ __forceinline__ void wgmma_fence() {

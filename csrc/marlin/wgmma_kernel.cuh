@@ -231,7 +231,7 @@ template <typename T, class Cfg>
 __global__ void __launch_bounds__(Cfg::THREADS, Cfg::MIN_BLOCKS) marlin_wgmma_kernel(const MarlinGemmParams p) {
 #if NVFP4_HAS_WGMMA
   extern __shared__ __align__(16) uint8_t smem_raw[];
-  uint8_t* smem = smem_raw + ((1024 - (smem_addr(smem_raw) & 1023)) & 1023);
+  uint8_t* smem = swizzle_atom_aligned(smem_raw);
   if constexpr (Cfg::STREAM_K) {
     const StreamK sk{static_cast<int64_t>(p.m_tiles) * p.n_tiles * p.k_tiles, static_cast<int>(gridDim.x)};
     const int end = sk.begin(blockIdx.x + 1);
