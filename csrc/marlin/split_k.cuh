@@ -45,9 +45,9 @@ struct StreamK {
 
 // Thread tid's part of adding the splits of the 4-column units [begin, end) of a tile in split order, so the
 // sum is bit-identical to a serial one whichever path adds it: load(s, i) gives split s's unit i, store(i, sum)
-// keeps the sum. Each thread loads U units of S splits before adding any, so U * S loads (L2 or distributed shared memory) are in flight
-// at once; one unit at a time made the workspace fix-up a chain of L2 latencies, 16-32 in a row per thread at
-// M = 256 (docs/kernels.md "Split-K").
+// keeps the sum. Each thread loads U units of S splits before adding any, so U * S loads (L2 or distributed
+// shared memory) are in flight at once; one unit at a time made the workspace fix-up a chain of L2 latencies,
+// 16-32 in a row per thread at M = 256 (docs/kernels.md "Split-K").
 template <int THREADS, int U, int S, class Load, class Store>
 NVFP4_HD void sum_splits_batched(int tid, int begin, int end, int splits, Load load, Store store) {
   for (int i0 = begin + tid; i0 < end; i0 += U * THREADS) {

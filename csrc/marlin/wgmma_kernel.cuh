@@ -33,7 +33,7 @@ struct WgmmaConfig {
   static constexpr int STAGES = STAGES_;  // pipeline stages (k-tiles of 64)
   static constexpr int THREADS = 128 * WG;
   static constexpr int MIN_BLOCKS = MIN_BLOCKS_;  // resident CTAs per SM the registers must allow
-  static constexpr bool STREAM_K = STREAM_K_;     // stream-K schedule (StreamK below) instead of grid split-K
+  static constexpr bool STREAM_K = STREAM_K_;     // stream-K schedule (split_k.cuh) instead of grid split-K
   static constexpr int ROWS = NTOK;
   static constexpr int TN = WG * FRAGS * 64;
   static constexpr int TK = 64;  // one 128-byte swizzle row of 16-bit activations
@@ -233,16 +233,16 @@ __global__ void __launch_bounds__(Cfg::THREADS, Cfg::MIN_BLOCKS) marlin_wgmma_ke
   extern __shared__ __align__(16) uint8_t smem_raw[];
   uint8_t* smem = swizzle_atom_aligned(smem_raw);
   if constexpr (Cfg::STREAM_K) {
-    const StreamK sk{static_cast<int64_t>(p.m_tiles) * p.n_tiles * p.k_tiles, static_cast<int>(gridDim.x)};
-    const int end = sk.begin(blockIdx.x + 1);
-    for (int unit = sk.begin(blockIdx.x); unit < end;) {
+    auto schedule = [&] {
+      return StreamK{static_cast<int64_t>(p.m_tiles) * p.n_tiles * p.k_tiles, static_cast<int>(gridDim.x)};
+    };
+    const int end = schedule().begin(blockIdx.x + 1);
+    for (int unit = schedule().begin(blockIdx.x); unit < end;) {
       const int tile = unit / p.k_tiles;
       const int t0 = tile * p.k_tiles;
       const int seg_end = min(end, t0 + p.k_tiles);
-      wgmma_tile<T, Cfg>(smem, p, tile % p.n_tiles, tile / p.n_tiles, unit - t0, seg_end - t0, [&] {
-        return StreamK{static_cast<int64_t>(p.m_tiles) * p.n_tiles * p.k_tiles, static_cast<int>(gridDim.x)}.splits_of(
-            blockIdx.x, tile * p.k_tiles, p.k_tiles);
-      });
+      wgmma_tile<T, Cfg>(smem, p, tile % p.n_tiles, tile / p.n_tiles, unit - t0, seg_end - t0,
+                         [&] { return schedule().splits_of(blockIdx.x, tile * p.k_tiles, p.k_tiles); });
       unit = seg_end;
       __syncthreads();  // the epilogue's reads of shared memory are done before the next tile's loads land
     }
