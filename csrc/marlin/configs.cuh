@@ -22,6 +22,8 @@ using ConfigGemv8 = GemvConfig<2, 4, 6, 2>;
 using ConfigGemv16 = GemvConfig<2, 4, 5, 2, 2>;
 // The same with x loaded in 4-step blocks through a per-warp buffer (gemv_kernel.cuh "x in blocks").
 using ConfigGemv16b = GemvConfig<2, 4, 4, 2, 2, true>;
+// gemv8 with x in blocks (M = 2..8: 16 of its ~22 L1 wavefronts per k16 step are x loads at 8 distinct rows).
+using ConfigGemv8b = GemvConfig<2, 4, 4, 2, 1, true>;
 constexpr int kGemvMinStepsPerWarp = 4;  // split K no finer than this many k16 steps per warp
 // Hopper warpgroup MMA (wgmma_kernel.cuh): WgmmaConfig<NTOK rows of x, FRAGS, warpgroups, STAGES, MIN_BLOCKS>,
 // named rows x columns of the CTA tile; a warp dequantizes 16 * FRAGS columns per k16 step.

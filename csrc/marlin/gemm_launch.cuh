@@ -233,6 +233,7 @@ void launch_marlin_gemm(const at::Tensor& x, const at::Tensor& qweight, const at
     case 13: launch_gemv_with_config<T, ConfigGemv16b>(p, device); break;
     case 14: launch_wgmma_with_config<T, ConfigWg64x512sk>(p, device); break;
     case 15: launch_wgmma_with_config<T, ConfigWg256x128sk>(p, device); break;
+    case 16: launch_gemv_with_config<T, ConfigGemv8b>(p, device); break;
     default: TORCH_CHECK(false, "nvfp4_C::marlin_gemm: no tile config ", config);
   }
 }

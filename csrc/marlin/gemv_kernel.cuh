@@ -36,11 +36,11 @@ struct GemvConfig {
   static constexpr int C_STRIDE = TN + 8;
   static constexpr int C_BYTES = ROWS * C_STRIDE * 4;  // the CTA's FP32 tile (store_tile)
   // X_BLOCKS: a warp owns whole 4-step blocks of K and loads x a block at a time, coalesced, through a
-  // 2 KB buffer of its own (see "x in blocks" in the kernel).
+  // 1 or 2 KB buffer of its own (see "x in blocks" in the kernel).
   static constexpr bool X_BLOCKS = X_BLOCKS_;
-  static constexpr int X_BLOCK_BYTES = ROWS * 128;  // 16 rows x 64 k
+  static constexpr int X_BLOCK_BYTES = ROWS * 128;  // ROWS rows x 64 k
   static constexpr int SMEM_BYTES = C_BYTES + (X_BLOCKS ? THREADS / 32 * X_BLOCK_BYTES : 0);
-  static_assert(!X_BLOCKS || (GROUPS == 2 && STEPS == 4), "x in blocks: 16 rows, one block per ring turn");
+  static_assert(!X_BLOCKS || ((GROUPS == 1 || GROUPS == 2) && STEPS == 4), "x in blocks: one block per ring turn");
 };
 
 // Read-only loads: the weight stream is used once (no L1 allocation); activations are re-read by every
@@ -142,27 +142,28 @@ __global__ void __launch_bounds__(Cfg::THREADS, Cfg::MIN_BLOCKS) marlin_gemv_ker
       for (int i = 0; i < 4; ++i) acc[g][w][i] = 0.0f;
 
   // ---- x in blocks (X_BLOCKS) -----------------------------------------------------------------------------------
-  // At 16 rows the per-step x loads above touch 8 rows each: 32 L1 wavefronts per k16 step against ~5 for the
-  // weights (docs/kernels.md "Ninth session"). Here a warp's steps are contiguous, so one 64-k block of x is
-  // 128 bytes per row: 4 coalesced 16-byte loads per lane cover its 16 rows (4 rows of 128 bytes each, 4
-  // wavefronts), issued a ring turn ahead; at the turn they go to the warp's own 2 KB buffer (128-byte rows,
-  // chunks XOR-swizzled by row: conflict-free stores and ldmatrix) and each step takes both row groups'
-  // fragments with one ldmatrix.x4. No barrier beyond __syncwarp.
+  // The per-step x loads above touch 8 rows each: 16 L1 wavefronts per k16 step per row group against ~5 for
+  // the weights (docs/kernels.md "Ninth session"). Here a warp's steps are contiguous, so one 64-k block of x is
+  // 128 bytes per row: 2 coalesced 16-byte loads per lane and row group (4 rows of 128 bytes each, 4
+  // wavefronts), issued a ring turn ahead; at the turn they go to the warp's own buffer (128-byte rows, chunks
+  // XOR-swizzled by row: conflict-free stores and ldmatrix) and each step takes its fragments with one
+  // ldmatrix (.x4 for two row groups, .x2 for one). No barrier beyond __syncwarp.
   // Lane: row 4j + lane / 8 of the tile for load j (rows past M read row M - 1), chunk lane % 8 of the block.
   auto xb_row = [&](int j) { return static_cast<int64_t>(min(m_tile * Cfg::ROWS + 4 * j + (lane >> 3), p.m - 1)); };
   const T* xb_ptr = static_cast<const T*>(p.a) + xb_row(0) * p.lda + k16 * 16 + 8 * (lane & 7);
-  int xb_off[4];  // load j's row relative to load 0's, in elements
+  constexpr int X_LOADS = 2 * Cfg::GROUPS;  // 16-byte loads per lane and block
+  int xb_off[X_LOADS];                       // load j's row relative to load 0's, in elements
 #pragma unroll
-  for (int j = 0; j < 4; ++j) xb_off[j] = static_cast<int>((xb_row(j) - xb_row(0)) * p.lda);
+  for (int j = 0; j < X_LOADS; ++j) xb_off[j] = static_cast<int>((xb_row(j) - xb_row(0)) * p.lda);
   int xb_step = 0;  // the warp step at which the block xb_ptr points to starts
-  uint4 xb[4];
+  uint4 xb[X_LOADS];
   uint8_t* x_buf = smem + Cfg::C_BYTES + warp * Cfg::X_BLOCK_BYTES;
   // Loads the block at xb_ptr and moves to the next one. Clamped: the pointer stays on the warp's last block,
   // and a chunk past K (the last block of the last split when K % 64 != 0) reads its row's start instead.
   auto load_x_block = [&](auto clamp) {
     const int col = (k16 + xb_step) * 16 + 8 * (lane & 7);
 #pragma unroll
-    for (int j = 0; j < 4; ++j) {
+    for (int j = 0; j < X_LOADS; ++j) {
       const T* ptr = xb_ptr + xb_off[j];
       if constexpr (decltype(clamp)::value) ptr = col < p.k ? ptr : ptr - col;
       xb[j] = __ldg(reinterpret_cast<const uint4*>(ptr));  // L1: the CTA's column warps share it
@@ -174,21 +175,27 @@ __global__ void __launch_bounds__(Cfg::THREADS, Cfg::MIN_BLOCKS) marlin_gemv_ker
   auto store_x_block = [&]() {
     __syncwarp();  // every lane's ldmatrix of the previous block is done
 #pragma unroll
-    for (int j = 0; j < 4; ++j) {
+    for (int j = 0; j < X_LOADS; ++j) {
       const int row = 4 * j + (lane >> 3);
       *reinterpret_cast<uint4*>(x_buf + row * 128 + (((lane & 7) ^ (row & 7)) * 16)) = xb[j];
     }
     __syncwarp();
   };
-  // ldmatrix.x4 rows: matrix lane / 8 = (row group, k half); chunk 2 (step in block) + half of row r.
-  const int ld_row = (lane & 7) + 8 * (lane >> 4), ld_half = (lane >> 3) & 1;
+  // ldmatrix rows: matrix lane / 8 = (row group, k half); chunk 2 (step in block) + half of row r. With one
+  // row group (.x2) lanes 16..31 address nothing: they repeat group 0's rows.
+  const int ld_row = (lane & 7) + (Cfg::GROUPS == 2 ? 8 * (lane >> 4) : 0), ld_half = (lane >> 3) & 1;
 
   auto compute = [&](int u) {
     uint32_t x_frag[Cfg::GROUPS][2];  // B fragments of X^T: k 2t.. and 2t+8.. of row 8g + lane/4
     if constexpr (kBlocks) {
-      uint32_t r[4];
-      ldmatrix_x4(r, x_buf + ld_row * 128 + (((2 * (u % 4) + ld_half) ^ (ld_row & 7)) * 16));
-      x_frag[0][0] = r[0], x_frag[0][1] = r[1], x_frag[1][0] = r[2], x_frag[1][1] = r[3];
+      const uint8_t* row_chunk = x_buf + ld_row * 128 + (((2 * (u % 4) + ld_half) ^ (ld_row & 7)) * 16);
+      if constexpr (Cfg::GROUPS == 2) {
+        uint32_t r[4];
+        ldmatrix_x4(r, row_chunk);
+        x_frag[0][0] = r[0], x_frag[0][1] = r[1], x_frag[1][0] = r[2], x_frag[1][1] = r[3];
+      } else {
+        ldmatrix_x2(x_frag[0], row_chunk);
+      }
     } else {
 #pragma unroll
       for (int g = 0; g < Cfg::GROUPS; ++g) x_frag[g][0] = a_lo[u][g], x_frag[g][1] = a_hi[u][g];

@@ -40,7 +40,7 @@ def dequantize_weight(qweight, scales, global_scale, size_n: int, size_k: int, d
 # Configs built for a few rows only: the decode kernel makes one pass over the whole weight per tile of 8 or 16
 # rows of x (csrc/marlin/gemv_kernel.cuh), so it is not profiled for larger M buckets (a prefill-sized M would
 # stream the weight hundreds of times just to be rejected).
-CONFIG_MAX_M = {"gemv8": 8, "gemv16": 16, "sw16x512": 16, "gemv16b": 16}
+CONFIG_MAX_M = {"gemv8": 8, "gemv16": 16, "sw16x512": 16, "gemv16b": 16, "gemv8b": 8}
 
 
 def _marlin_tactic(name: str, config: int, max_m: int | None = None) -> Tactic:

@@ -151,7 +151,8 @@ def test_gemm_matches_fp32_reference(m, n, k, dtype, with_bias):
 
 # nvfp4_C.marlin_gemm_configs()
 CONFIG_NAMES = ["m16", "m32", "m64", "large", "gemv8", "wg64x512", "wg64x256", "wg128x256", "wg256x128", "wg64x256w4",
-                "wg128x256w4", "gemv16", "sw16x512", "gemv16b", "wg64x512sk", "wg256x128sk"]
+                "wg128x256w4", "gemv16", "sw16x512", "gemv16b", "wg64x512sk", "wg256x128sk",
+                "gemv8b"]
 CONFIGS = range(len(CONFIG_NAMES))
 
 
@@ -197,14 +198,14 @@ def test_every_tile_config_on_any_m(config, m, n, k):
 
 
 # The decode kernel (csrc/marlin/gemv_kernel.cuh): weights streamed into registers, 8- or 16-row tiles.
-GEMV8, GEMV16, GEMV16B = (CONFIG_NAMES.index(c) for c in ("gemv8", "gemv16", "gemv16b"))
+GEMV8, GEMV16, GEMV16B, GEMV8B = (CONFIG_NAMES.index(c) for c in ("gemv8", "gemv16", "gemv16b", "gemv8b"))
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("m,n,k", [(1, 4096, 4096), (8, 6144, 4096), (3, 4096, 14336), (5, 28672, 4096),
                                    (2, 100, 240), (7, 130, 1856), (9, 192, 4096), (17, 64, 112), (4, 14336, 16),
                                    (16, 8192, 8192), (12, 6144, 4096), (13, 130, 1856), (33, 192, 4096)])
-@pytest.mark.parametrize("config", [GEMV8, GEMV16, GEMV16B], ids=["gemv8", "gemv16", "gemv16b"])
+@pytest.mark.parametrize("config", [GEMV8, GEMV16, GEMV16B, GEMV8B], ids=["gemv8", "gemv16", "gemv16b", "gemv8b"])
 def test_gemv_config_on_decode_shapes(config, dtype, m, n, k):
     """The decode kernel on the decode GEMMs of an 8B model and on awkward ones: N and K not multiples of 64,
     M over one tile (and one row group), one k16 step, deep split-K; fresh random weights over the whole E4M3
@@ -232,10 +233,12 @@ def assert_graph_replays_reproduce(run, expected, replays=3):
         assert torch.equal(static_out, expected)
 
 
-@pytest.mark.parametrize("config,m,k", [(GEMV8, 4, 14336), (GEMV16, 12, 14336), (GEMV16B, 12, 14336),
-                                        *((CONFIG_NAMES.index(c), 200, 8192) for c in CONFIG_NAMES if c.startswith("wg")),
-                                        *((CONFIG_NAMES.index(c), 12, 8192) for c in CONFIG_NAMES if c.startswith("sw"))],
-                         ids=["gemv8", "gemv16", "gemv16b", *(c for c in CONFIG_NAMES if c.startswith(("wg", "sw")))])
+@pytest.mark.parametrize("config,m,k", [
+    (GEMV8, 4, 14336), (GEMV16, 12, 14336), (GEMV16B, 12, 14336), (GEMV8B, 5, 14336),
+    *((CONFIG_NAMES.index(c), 200, 8192) for c in CONFIG_NAMES if c.startswith("wg")),
+    *((CONFIG_NAMES.index(c), 12, 8192) for c in CONFIG_NAMES if c.startswith("sw"))],
+                         ids=["gemv8", "gemv16", "gemv16b", "gemv8b",
+                              *(c for c in CONFIG_NAMES if c.startswith(("wg", "sw")))])
 def test_config_deterministic_under_cuda_graph_replay(config, m, k):
     """The decode and wgmma kernels (split-K in clusters or with atomic tile counters) replay bit-identically in a
     CUDA graph."""
