@@ -9,7 +9,7 @@
 #   splitk       split-K paths A/B (workspace vs clusters) per config, M = 1 .. 256 (benchmarks/bench_split_k.py)
 #   e2e-profile  the 32-layer decode step at b = 1, profiled: top kernels by GPU time, both models (~4 min)
 #   memcheck     compute-sanitizer memcheck over every dense config and the MoE path (scripts/memcheck_kernels.py)
-#   ncu-rows     ncu on gemv16 at M = 8 / 16 / 16 with copied rows, gemv16b at M = 16 (benchmarks/profile_gemv_rows.py)
+#   ncu-rows     ncu: gemv16 at M = 8 / 16 / 16 with copied rows, gemv16b at 16, gemv8b at 8 (profile_gemv_rows.py)
 #   moe          every MoE tactic, auto and BF16 grouped_mm on the Mixtral and Qwen3-MoE layers (~2 min)
 # A device call runs at most 10 minutes: e2e and e2e-batches go in separate calls.
 set -uo pipefail
@@ -39,14 +39,14 @@ if [[ " $steps " == *" memcheck "* ]]; then
 fi
 if [[ " $steps " == *" ncu-rows "* ]]; then
   t=$(date +%s)
-  timeout 300 ncu --clock-control none -k regex:marlin_gemv_kernel --launch-skip 4 --launch-count 4 \
+  timeout 300 ncu --clock-control none -k regex:marlin_gemv_kernel --launch-skip 5 --launch-count 5 \
     --section SpeedOfLight --section MemoryWorkloadAnalysis --section WarpStateStats \
     python3 benchmarks/profile_gemv_rows.py > "$OUT/ncu_rows.log" 2>&1
   echo "ncu-rows rc=$? $(( $(date +%s) - t )) s"; grep -E "launch order|Duration|Hit Rate|Throughput|Stall" \
     "$OUT/ncu_rows.log" | head -60
   # The memory tables (instructions, requests, wavefronts, sectors per memory space) in a run of their own, so
   # the sections above come back even if this section is missing from the installed ncu.
-  timeout 300 ncu --clock-control none -k regex:marlin_gemv_kernel --launch-skip 4 --launch-count 4 \
+  timeout 300 ncu --clock-control none -k regex:marlin_gemv_kernel --launch-skip 5 --launch-count 5 \
     --section MemoryWorkloadAnalysis_Tables python3 benchmarks/profile_gemv_rows.py > "$OUT/ncu_tables.log" 2>&1
   echo "ncu tables rc=$?"; grep -E "marlin_gemv_kernel|Global Load|Shared|Wavefronts" "$OUT/ncu_tables.log" | head -40
 fi
