@@ -1,7 +1,8 @@
 """One gemv16 launch at M = 8, one at M = 16 (rows 8..15 random), one at M = 16 with rows 8..15 copies of row 7,
 one gemv16b launch at M = 16 and one gemv8b launch at M = 8 (x loaded in coalesced blocks), on the same
-8192 x 8192 weight, for ncu to compare (docs/kernels.md "Ninth session": the M = 16 cost comes with reading 8 more distinct rows of x; the L1
-wavefronts of the x loads are the candidate, which gemv16b cuts from 32 to ~12 per k16 step):
+8192 x 8192 weight, for ncu to compare (docs/kernels.md "Ninth session": the M = 16 cost comes with reading 8
+more distinct rows of x; the L1 wavefronts of the x loads are the candidate, which gemv16b cuts from 32 to ~12
+per k16 step):
 
     ncu --clock-control none -k regex:marlin_gemv_kernel --launch-skip 5 --launch-count 5 \
         --section SpeedOfLight --section MemoryWorkloadAnalysis --section WarpStateStats \
