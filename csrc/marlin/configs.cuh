@@ -35,12 +35,6 @@ using ConfigWg256x128 = WgmmaConfig<256, 1, 2, 4, 1>;
 // the accumulators per thread, so 16 warps per SM hide the dequantization latency.
 using ConfigWg64x256w4 = WgmmaConfig<64, 1, 4, 4, 2>;
 using ConfigWg128x256w4 = WgmmaConfig<128, 1, 4, 5, 1>;
-// wg64x512 on the stream-K schedule (split_k.cuh StreamK): one CTA per SM slot, equal work each, for the
-// shapes whose tile count leaves SMs idle under split-K (28672 columns: 56 tiles of 512 on 132 SMs).
-using ConfigWg64x512sk = WgmmaConfig<64, 4, 2, 5, 1, true>;
-// wg256x128 on stream-K: at M = 256 the 128-column tiles of 14336 / 28672-wide layers (112 / 224) leave 20 SMs
-// idle or take 1.7 waves on 132 SMs.
-using ConfigWg256x128sk = WgmmaConfig<256, 1, 2, 4, 1, true>;
 // Decode-kernel weight stream on wgmma (stream_wgmma_kernel.cuh): StreamWgmmaConfig<NTOK rows of x, FRAGS,
 // warpgroups, STEPS, CHUNK k16 steps of activations per buffer, MIN_BLOCKS>, named rows x columns.
 using ConfigSw16x512 = StreamWgmmaConfig<16, 4, 2, 8, 48, 2>;

@@ -223,19 +223,13 @@ __device__ __forceinline__ void sum_splits_in_cluster(float* c_sh, int splits, i
 #endif
 }
 
-// The grid's split-K (grid z = p.splits ranges of K): split s of tile t in slot s * tiles + t.
-__device__ __forceinline__ SplitSlots grid_split(const MarlinGemmParams& p, int m_tile, int n_tile, int split) {
-  const int64_t tiles = static_cast<int64_t>(p.m_tiles) * p.n_tiles;
-  return {split, p.splits, static_cast<int64_t>(m_tile) * p.n_tiles + n_tile, tiles, 0};
-}
-
 // The end of every CTA once its FP32 tile is in shared memory (smem, row stride C_STRIDE): with split-K the
 // splits are added in split order (deterministic), in the cluster (each CTA then stores its slice) or by the
 // last CTA of the tile to arrive (which stores all of it); then tile * global_scale * 2^7 (+ bias), one
 // rounding. routed_id(row) gives the C row of tile row `row` (-1: not stored).
 template <typename T, class Cfg, bool kMoe, class RoutedId>
 __device__ __forceinline__ void store_tile(uint8_t* smem, const MarlinGemmParams& p, const float* gs_ptr, int m_tile,
-                                           int n_tile, const SplitSlots& slots, RoutedId routed_id) {
+                                           int n_tile, int split, RoutedId routed_id) {
   using D = Dtype<T>;
   __shared__ int tile_is_last;
   const int tid = threadIdx.x;
@@ -247,7 +241,7 @@ __device__ __forceinline__ void store_tile(uint8_t* smem, const MarlinGemmParams
   constexpr int TN8 = Cfg::TN / 8;
   int unit_begin = 0, unit_end = rows * TN8;  // the 8-column units of the tile this CTA stores
 
-  const int split = slots.split, splits = slots.splits;
+  const int splits = p.splits;
   if (splits > 1 && p.cluster_splits) {
     unit_begin = static_cast<int>(static_cast<int64_t>(split) * unit_end / splits);
     unit_end = static_cast<int>(static_cast<int64_t>(split + 1) * unit_end / splits);
@@ -256,8 +250,9 @@ __device__ __forceinline__ void store_tile(uint8_t* smem, const MarlinGemmParams
     // ---- split-K by workspace: publish this split's tile; the last CTA to arrive sums all splits in order
     const int tile = m_tile * p.n_tiles + n_tile;
     constexpr int64_t kTileElems = Cfg::ROWS * Cfg::TN;
+    const int64_t num_tiles = static_cast<int64_t>(p.m_tiles) * p.n_tiles;
     // split s's tile: kTileElems floats, unit i at slot(s) + i (rows of TN, no padding)
-    auto slot = [&](int s) { return reinterpret_cast<float4*>(p.partials + slots.slot(s) * kTileElems); };
+    auto slot = [&](int s) { return reinterpret_cast<float4*>(p.partials + (s * num_tiles + tile) * kTileElems); };
     for (int i = tid; i < rows * TN4; i += Cfg::THREADS) __stcg(slot(split) + i, *tile_unit<Cfg>(c_sh, i));
     __threadfence();
     __syncthreads();
@@ -339,7 +334,7 @@ __device__ __forceinline__ void finish_tile(float (&acc)[Cfg::MB][8][4], uint8_t
           *dst = v;
         }
   });
-  store_tile<T, Cfg, kMoe>(smem, p, gs_ptr, m_tile, n_tile, grid_split(p, m_tile, n_tile, split), routed_id);
+  store_tile<T, Cfg, kMoe>(smem, p, gs_ptr, m_tile, n_tile, split, routed_id);
 }
 
 template <typename T, class Cfg, bool kMoe = false>

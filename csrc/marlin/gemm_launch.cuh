@@ -55,16 +55,14 @@ inline int split_count(int64_t busy_tiles, int64_t slots, int max_splits) {
   return std::max(1, static_cast<int>(std::min<int64_t>({slots / busy_tiles, max_splits, kMaxSplits})));
 }
 
-// Workspace of the counter path of split-K (store_tile): an arrival counter per tile of the grid
-// (split_k_counters.h: zero on entry, left zero by the kernel) and `slots` FP32 partial tiles (SplitSlots) from
-// the caching allocator (stream-ordered, CUDA-graph safe; the caller keeps the tensor alive until the launch is
-// enqueued). The grid's split-K takes splits x tiles slots.
-inline at::Tensor split_k_workspace(MarlinGemmParams& p, int64_t slots, int64_t tile_elems, int device,
-                                    cudaStream_t stream) {
+// Workspace of the counter path of split-K (store_tile), covering every tile of the grid: arrival counters
+// (split_k_counters.h: zero on entry, left zero by the kernel) and FP32 partials from the caching allocator
+// (stream-ordered, CUDA-graph safe; the caller keeps the tensor alive until the launch is enqueued).
+inline at::Tensor split_k_workspace(MarlinGemmParams& p, int64_t tile_elems, int device, cudaStream_t stream) {
   const int64_t tiles = static_cast<int64_t>(p.m_tiles) * p.n_tiles;
   p.counters = zeroed_split_k_counters(device, stream, tiles);
   const auto options = at::TensorOptions().device(at::kCUDA, device).dtype(at::kFloat);
-  at::Tensor partials = at::empty({slots * tile_elems}, options);
+  at::Tensor partials = at::empty({p.splits * tiles * tile_elems}, options);
   p.partials = partials.data_ptr<float>();
   return partials;
 }
@@ -132,29 +130,8 @@ void launch_tiles(MarlinGemmParams p, int device, int max_splits) {
     return;
   }
   at::Tensor partials;
-  if (p.splits > 1) partials = split_k_workspace(p, p.splits * tiles, Cfg::ROWS * Cfg::TN, device, stream);
+  if (p.splits > 1) partials = split_k_workspace(p, Cfg::ROWS * Cfg::TN, device, stream);
   kKernel<<<grid, Cfg::THREADS, Cfg::SMEM_BYTES, stream>>>(p);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-}
-
-// A stream-K launch (split_k.cuh StreamK): one CTA per resident slot, each with at least
-// kStreamKMinKTiles k-tiles of work (fewer would be mostly pipeline fill), and two workspace slots per CTA.
-constexpr int kStreamKMinKTiles = 8;
-
-template <auto kKernel, class Cfg>
-void launch_stream_k(MarlinGemmParams p, int device) {
-  p.m_tiles = (p.m + Cfg::ROWS - 1) / Cfg::ROWS;
-  p.n_tiles = (p.n_pad + Cfg::TN - 1) / Cfg::TN;
-  const int64_t slots = static_cast<int64_t>(sm_count(device)) *
-                        kernel_occupancy<kKernel, Cfg::THREADS, Cfg::SMEM_BYTES>(device);
-  const int64_t units = static_cast<int64_t>(p.m_tiles) * p.n_tiles * p.k_tiles;
-  TORCH_CHECK(units < (int64_t{1} << 31), "nvfp4_C::marlin_gemm: too many tiles x k-tiles for a stream-K launch");
-  const int ctas = static_cast<int>(std::max<int64_t>(1, std::min(slots, units / kStreamKMinKTiles)));
-  p.splits = 1;  // per tile in the kernel (StreamK::splits_of)
-  p.cluster_splits = 0;
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(device);
-  const at::Tensor partials = split_k_workspace(p, 2 * static_cast<int64_t>(ctas), Cfg::ROWS * Cfg::TN, device, stream);
-  kKernel<<<ctas, Cfg::THREADS, Cfg::SMEM_BYTES, stream>>>(p);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
@@ -175,10 +152,7 @@ template <typename T, class Cfg>
 void launch_wgmma_with_config(MarlinGemmParams p, int device) {
   TORCH_CHECK(sm_major(device) == 9, "nvfp4_C::marlin_gemm: the wgmma configs need a Hopper (SM 9.0) GPU");
   p.k_tiles = p.k_pad / Cfg::TK;
-  if constexpr (Cfg::STREAM_K)
-    launch_stream_k<marlin_wgmma_kernel<T, Cfg>, Cfg>(p, device);
-  else
-    launch_tiles<marlin_wgmma_kernel<T, Cfg>, Cfg>(p, device, p.k_tiles);
+  launch_tiles<marlin_wgmma_kernel<T, Cfg>, Cfg>(p, device, p.k_tiles);
 }
 
 // The stream-wgmma kernels (sm_90a only, as the wgmma ones): split K no finer than two ring turns per split.
@@ -209,12 +183,12 @@ void launch_marlin_gemm(const at::Tensor& x, const at::Tensor& qweight, const at
   p.k_pad = static_cast<int>(k_pad);
   const int device = x.get_device();
   // config >= 0 forces a tile config (indices as marlin.h's marlin_gemm_config_names()); -1 picks by M: the
-  // decode kernel up to 8 rows (H200: 53 vs 72 us on 8192x28672 at M = 1, docs/kernels.md), then the mma.sync
-  // tiles up to 64 rows, then on Hopper the wgmma kernel (H200, M = 256: 78 vs 137 us on 8192x8192), else the
-  // 128 x 256 mma.sync tile.
+  // decode kernel with x in blocks up to 8 and 16 rows (H200, tenth session: 8192x8192 15.7 vs 16.4 us for gemv8
+  // at M = 1, 17.9 vs 22.4 for m16 at M = 16; docs/kernels.md), then the mma.sync tiles up to 64 rows, then on
+  // Hopper the wgmma kernel (H200, M = 256: 78 vs 137 us on 8192x8192), else the 128 x 256 mma.sync tile.
   if (config < 0) {
     const bool hopper = sm_major(device) == 9;
-    config = p.m <= 8 ? 4 : p.m <= 16 ? 0 : p.m <= 32 ? 1 : p.m <= 64 ? 2 : !hopper ? 3 : p.m <= 128 ? 7 : 8;
+    config = p.m <= 8 ? 14 : p.m <= 16 ? 13 : p.m <= 32 ? 1 : p.m <= 64 ? 2 : !hopper ? 3 : p.m <= 128 ? 7 : 8;
   }
   switch (config) {
     case 0: launch_with_config<T, ConfigM16>(p, device); break;
@@ -231,9 +205,7 @@ void launch_marlin_gemm(const at::Tensor& x, const at::Tensor& qweight, const at
     case 11: launch_gemv_with_config<T, ConfigGemv16>(p, device); break;
     case 12: launch_stream_wgmma_with_config<T, ConfigSw16x512>(p, device); break;
     case 13: launch_gemv_with_config<T, ConfigGemv16b>(p, device); break;
-    case 14: launch_wgmma_with_config<T, ConfigWg64x512sk>(p, device); break;
-    case 15: launch_wgmma_with_config<T, ConfigWg256x128sk>(p, device); break;
-    case 16: launch_gemv_with_config<T, ConfigGemv8b>(p, device); break;
+    case 14: launch_gemv_with_config<T, ConfigGemv8b>(p, device); break;
     default: TORCH_CHECK(false, "nvfp4_C::marlin_gemm: no tile config ", config);
   }
 }

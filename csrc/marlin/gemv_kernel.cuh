@@ -258,7 +258,7 @@ __global__ void __launch_bounds__(Cfg::THREADS, Cfg::MIN_BLOCKS) marlin_gemv_ker
         }
   });
   auto routed_id = [&](int r) -> int64_t { return r < p.m ? r : -1; };
-  store_tile<T, Cfg, false>(smem, p, p.global_scale, m_tile, n_tile, grid_split(p, m_tile, n_tile, split), routed_id);
+  store_tile<T, Cfg, false>(smem, p, p.global_scale, m_tile, n_tile, split, routed_id);
 }
 
 }  // namespace nvfp4

@@ -24,8 +24,7 @@ at::Tensor marlin_gemm(const at::Tensor& x, const at::Tensor& qweight, const at:
 inline std::vector<std::string> marlin_gemm_config_names() {
   return {"m16", "m32", "m64", "large", "gemv8",
           "wg64x512", "wg64x256", "wg128x256", "wg256x128", "wg64x256w4", "wg128x256w4", "gemv16", "sw16x512",
-          "gemv16b", "wg64x512sk", "wg256x128sk",
-          "gemv8b"};
+          "gemv16b", "gemv8b"};
 }
 
 // Split-K of the dense GEMM on Hopper: true (default) puts the splits of a tile in one thread-block cluster

@@ -206,8 +206,7 @@ __global__ void __launch_bounds__(Cfg::THREADS, Cfg::MIN_BLOCKS) marlin_stream_w
   __syncthreads();
 
   // m64 row 16 wi + lane/4 of wgmma j is the warp's column 16 (first + j) + lane/4 of its 64-column tile.
-  finish_wgmma_tile<T, Cfg>(smem, p, acc, (tile64 - n_tile * (Cfg::TN / 64)) * 64 + 16 * first, m_tile, n_tile,
-                            grid_split(p, m_tile, n_tile, split));
+  finish_wgmma_tile<T, Cfg>(smem, p, acc, (tile64 - n_tile * (Cfg::TN / 64)) * 64 + 16 * first);
 #else
   __trap();  // not an sm_90a build: the host never launches this (launch_stream_wgmma_with_config)
 #endif

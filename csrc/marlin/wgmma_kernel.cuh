@@ -25,7 +25,7 @@
 
 namespace nvfp4 {
 
-template <int NTOK_, int FRAGS_, int WG_, int STAGES_, int MIN_BLOCKS_, bool STREAM_K_ = false>
+template <int NTOK_, int FRAGS_, int WG_, int STAGES_, int MIN_BLOCKS_>
 struct WgmmaConfig {
   static constexpr int NTOK = NTOK_;      // rows of x per tile = wgmma N
   static constexpr int FRAGS = FRAGS_;    // m16 weight fragments (int32 of the layout) per warp per k16 step
@@ -33,7 +33,6 @@ struct WgmmaConfig {
   static constexpr int STAGES = STAGES_;  // pipeline stages (k-tiles of 64)
   static constexpr int THREADS = 128 * WG;
   static constexpr int MIN_BLOCKS = MIN_BLOCKS_;  // resident CTAs per SM the registers must allow
-  static constexpr bool STREAM_K = STREAM_K_;     // stream-K schedule (split_k.cuh) instead of grid split-K
   static constexpr int ROWS = NTOK;
   static constexpr int TN = WG * FRAGS * 64;
   static constexpr int TK = 64;  // one 128-byte swizzle row of 16-bit activations
@@ -72,11 +71,10 @@ __device__ __forceinline__ void dequant_a_fragments(const uint32_t (&q)[FRAGS], 
 // The end of a wgmma kernel, once every MMA has retired and shared memory is free: this warp's accumulators ->
 // the CTA's [NTOK rows of x, TN columns] FP32 tile, then split-K and the epilogue (store_tile). Fragment j of the
 // m64 x NTOK tile: acc[j][4i + e] is column col0 + 16 j + lane/4 (+8 for e >= 2), row 8i + 2 (lane % 4) (+1 for
-// odd e). The tile is (m_tile, n_tile), the CTA's part of its K range `slots` (store_tile).
+// odd e). The tile is the grid's: blockIdx = (column tile, row tile, split), as both wgmma kernels launch.
 template <typename T, class Cfg>
 __device__ __forceinline__ void finish_wgmma_tile(uint8_t* smem, const MarlinGemmParams& p,
-                                                  const float (&acc)[Cfg::FRAGS][Cfg::NTOK / 2], int col0, int m_tile,
-                                                  int n_tile, const SplitSlots& slots) {
+                                                  const float (&acc)[Cfg::FRAGS][Cfg::NTOK / 2], int col0) {
   const int lane = threadIdx.x & 31;
   float* c_sh = reinterpret_cast<float*>(smem);
 #pragma unroll
@@ -92,27 +90,31 @@ __device__ __forceinline__ void finish_wgmma_tile(uint8_t* smem, const MarlinGem
   }
   __syncthreads();
   auto routed_id = [&](int r) -> int64_t { return r < p.m ? r : -1; };
-  store_tile<T, Cfg, false>(smem, p, p.global_scale, m_tile, n_tile, slots, routed_id);
+  store_tile<T, Cfg, false>(smem, p, p.global_scale, blockIdx.y, blockIdx.x, blockIdx.z, routed_id);
 }
 
-// One tile's K range [kt_begin, kt_end) of k-tiles: the pipelined main loop, then finish_wgmma_tile with the
-// split's slots() (a callback: what it needs is derived after the loop instead of held in registers through it).
-template <typename T, class Cfg, class Slots>
-__device__ __forceinline__ void wgmma_tile(uint8_t* smem, const MarlinGemmParams& p, int n_tile, int m_tile,
-                                           int kt_begin, int kt_end, Slots slots) {
+template <typename T, class Cfg>
+__global__ void __launch_bounds__(Cfg::THREADS, Cfg::MIN_BLOCKS) marlin_wgmma_kernel(const MarlinGemmParams p) {
+#if NVFP4_HAS_WGMMA
+  extern __shared__ __align__(16) uint8_t smem_raw[];
+  uint8_t* smem = swizzle_atom_aligned(smem_raw);
+
   const int tid = threadIdx.x;
   const int lane = tid & 31;
   const int warp = tid >> 5;
   const int wg = warp / 4, wi = warp % 4;  // warpgroup, warp within it (= its 16 rows of the wgmma's 64)
+  const int n_tile = blockIdx.x, m_tile = blockIdx.y, split = blockIdx.z;
   const int m0 = m_tile * Cfg::NTOK;
   const int n0 = n_tile * Cfg::TN;
+  const int kt_begin = static_cast<int>(static_cast<int64_t>(split) * p.k_tiles / p.splits);
+  const int kt_end = static_cast<int>(static_cast<int64_t>(split + 1) * p.k_tiles / p.splits);
   const int num_k = kt_end - kt_begin;
 
   // Activation load plan: chunk c (8 values) of tile row r goes to r * 128 + (c ^ (r % 8)) * 16 (the wgmma
   // 128-byte swizzle). Rows >= M and columns >= K are zero-filled (cp.async src-size 0). A thread copies chunk
   // c = tid % 8 of rows r0 + j * ROW_STEP (ROW_STEP = THREADS / 8, a multiple of 8): one column, one swizzle, so
   // its destinations are a constant distance apart and one pointer, one column and one destination serve all
-  // A_ITERS copies (per-copy registers made the stream-K kernels rematerialize them every stage).
+  // A_ITERS copies (fewer registers, and fewer instructions per stage than per-copy arrays).
   constexpr int A_ITERS = Cfg::NTOK * 8 / Cfg::THREADS;
   constexpr int ROW_STEP = Cfg::THREADS / 8;
   static_assert(ROW_STEP % 8 == 0, "every copy of a thread in the same swizzle phase");
@@ -224,35 +226,7 @@ __device__ __forceinline__ void wgmma_tile(uint8_t* smem, const MarlinGemmParams
   cp_async_wait<0>();
   __syncthreads();
 
-  finish_wgmma_tile<T, Cfg>(smem, p, acc, tile * 64 + 16 * first, m_tile, n_tile, slots());
-}
-
-template <typename T, class Cfg>
-__global__ void __launch_bounds__(Cfg::THREADS, Cfg::MIN_BLOCKS) marlin_wgmma_kernel(const MarlinGemmParams p) {
-#if NVFP4_HAS_WGMMA
-  extern __shared__ __align__(16) uint8_t smem_raw[];
-  uint8_t* smem = swizzle_atom_aligned(smem_raw);
-  if constexpr (Cfg::STREAM_K) {
-    auto schedule = [&] {
-      return StreamK{static_cast<int64_t>(p.m_tiles) * p.n_tiles * p.k_tiles, static_cast<int>(gridDim.x)};
-    };
-    const int end = schedule().begin(blockIdx.x + 1);
-    for (int unit = schedule().begin(blockIdx.x); unit < end;) {
-      const int tile = unit / p.k_tiles;
-      const int t0 = tile * p.k_tiles;
-      const int seg_end = min(end, t0 + p.k_tiles);
-      wgmma_tile<T, Cfg>(smem, p, tile % p.n_tiles, tile / p.n_tiles, unit - t0, seg_end - t0,
-                         [&] { return schedule().splits_of(blockIdx.x, tile * p.k_tiles, p.k_tiles); });
-      unit = seg_end;
-      __syncthreads();  // the epilogue's reads of shared memory are done before the next tile's loads land
-    }
-  } else {
-    const int split = blockIdx.z;
-    const int kt_begin = static_cast<int>(static_cast<int64_t>(split) * p.k_tiles / p.splits);
-    const int kt_end = static_cast<int>(static_cast<int64_t>(split + 1) * p.k_tiles / p.splits);
-    wgmma_tile<T, Cfg>(smem, p, blockIdx.x, blockIdx.y, kt_begin, kt_end,
-                       [&] { return grid_split(p, blockIdx.y, blockIdx.x, blockIdx.z); });
-  }
+  finish_wgmma_tile<T, Cfg>(smem, p, acc, tile * 64 + 16 * first);
 #else
   __trap();  // not an sm_90a build: the host never launches this (launch_wgmma_with_config)
 #endif

@@ -52,10 +52,7 @@ void launch_moe_gemm_config(const MoeGemmArgs& args, const MoeRouting& routing, 
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(device);
   p.splits = split_count(busy_tiles, slots, p.k_tiles);
   at::Tensor partials;  // the counter path: tiles past *num_padded exit at once, so no cluster could meet
-  if (p.splits > 1) {
-    const int64_t slots = static_cast<int64_t>(p.splits) * p.m_tiles * p.n_tiles;
-    partials = split_k_workspace(p, slots, Cfg::ROWS * Cfg::TN, device, stream);
-  }
+  if (p.splits > 1) partials = split_k_workspace(p, Cfg::ROWS * Cfg::TN, device, stream);
   const dim3 grid(p.n_tiles, p.m_tiles, p.splits);
   marlin_gemm_kernel<T, Cfg, true><<<grid, Cfg::THREADS, Cfg::SMEM_BYTES, stream>>>(p);
   C10_CUDA_KERNEL_LAUNCH_CHECK();

@@ -151,8 +151,7 @@ def test_gemm_matches_fp32_reference(m, n, k, dtype, with_bias):
 
 # nvfp4_C.marlin_gemm_configs()
 CONFIG_NAMES = ["m16", "m32", "m64", "large", "gemv8", "wg64x512", "wg64x256", "wg128x256", "wg256x128", "wg64x256w4",
-                "wg128x256w4", "gemv16", "sw16x512", "gemv16b", "wg64x512sk", "wg256x128sk",
-                "gemv8b"]
+                "wg128x256w4", "gemv16", "sw16x512", "gemv16b", "gemv8b"]
 CONFIGS = range(len(CONFIG_NAMES))
 
 
@@ -320,15 +319,11 @@ def test_split_k_in_clusters_replays_in_cuda_graph(config, m, n, k):
     assert rel_err(eager, reference_gemm(x, w, sf, gs)) < 1e-2
 
 
-@pytest.mark.parametrize("config", [GEMV8, GEMV16, 0, CONFIG_NAMES.index("wg64x512sk")],
-                         ids=["gemv8", "gemv16", "m16", "wg64x512sk"])
+@pytest.mark.parametrize("config", [GEMV8, GEMV16, 0], ids=["gemv8", "gemv16", "m16"])
 def test_split_k_counters_are_shared_safely_by_streams_and_graphs(config):
     """The workspace path's arrival counters are zeroed once and reused, not memset per launch
     (csrc/marlin/split_k_counters.h): launches racing on two streams, two captured graphs, and graph replays
-    overlapping eager launches on another stream all give the eager result bit for bit. The stream-K config
-    uses the same counters (its tiles split 2-3 ways)."""
-    if torch.cuda.get_device_capability()[0] != 9 and CONFIG_NAMES[config].startswith("wg"):
-        pytest.skip("wgmma configs need Hopper")
+    overlapping eager launches on another stream all give the eager result bit for bit."""
     n, k = 4096, 8192  # 32 or 64 tiles, split 4..8 ways
     w, sf, gs = quantize_nvfp4(torch.randn(n, k, device=DEV))
     q, s = ops.marlin_repack(w, sf)
@@ -383,42 +378,17 @@ def test_wgmma_configs_on_model_shapes(config, m, n, k):
     """The wgmma kernel where it is meant to run (M of 33 .. 4096, model-sized N and K: long k loops, every
     pipeline stage reused, split-K on and off) and on awkward sizes; BF16 and FP16, fresh weights over the
     whole E4M3 range, bias, poisoned outputs."""
-    assert_config_matches_reference(config, m, n, k, seed=m * 13 + n + k + config, x_seed=m + n + config)
-
-
-def assert_config_matches_reference(config, m, n, k, seed, x_seed):
-    """Fresh weights over the E4M3 range above 0.5, x and bias in BF16 and FP16, poisoned outputs: the forced
-    config within 1e-2 of the FP32 reference. Returns the weights and (x, bias, out) per dtype."""
-    w, sf = random_fp4(n, k, seed=seed, pool=FINITE_E4M3[FINITE_E4M3.float().abs() > 0.5])
+    w, sf = random_fp4(n, k, seed=m * 13 + n + k + config, pool=FINITE_E4M3[FINITE_E4M3.float().abs() > 0.5])
     w, sf = w.to(DEV), sf.to(DEV)
     q, s = ops.marlin_repack(w, sf)
-    g = torch.Generator(device=DEV).manual_seed(x_seed)
+    g = torch.Generator(device=DEV).manual_seed(m + n + config)
     gs = torch.tensor(2e-3, device=DEV)
-    runs = []
     for dtype in (torch.bfloat16, torch.float16):
         x = torch.randn(m, k, device=DEV, generator=g).to(dtype)
         bias = torch.randn(n, device=DEV, generator=g).to(dtype)
         out, poisoned = run_gemm(x, q, s, gs, bias, n, k, config=config)
         assert not torch.isnan(out).any(), f"unwritten (NaN) outputs; poisoned block reused: {poisoned}"
         assert rel_err(out, reference_gemm(x, w, sf, gs, bias)) < 1e-2
-        runs.append((x, bias, out))
-    return (q, s, gs), runs
-
-
-@pytest.mark.parametrize("m,n,k", [(64, 3584, 2368), (130, 3584, 2368), (1, 1000, 4160), (65, 28672, 8192),
-                                   (200, 512, 64 * 8 * 132 + 64), (2000, 4096, 192), (4096, 4096, 256)])
-def test_stream_k_segments_add_up(m, n, k):
-    """wg64x512sk (split_k.cuh StreamK): the CTAs' equal shares of the tile x k-tile work start and end
-    inside tiles. On 132 SMs these shapes split a tile into 2-3, 5-6, 8 or 33 segments at varying k-tiles, and
-    (the last two) give CTAs whole tiles between their partial first and last ones; partial N and several row
-    tiles. Against the FP32 reference with poisoned outputs, and bit-identical on a second run and in CUDA graph
-    replay (the segments add in k order, not in arrival order)."""
-    config = CONFIG_NAMES.index("wg64x512sk")
-    (q, s, gs), runs = assert_config_matches_reference(config, m, n, k, seed=m + n + k, x_seed=m * 7 + n)
-    for x, bias, out in runs:
-        run = lambda: torch.ops.nvfp4_C.marlin_gemm(x, q, s, gs.reshape(1), bias, n, k, config)  # noqa: E731, B023
-        assert torch.equal(run(), out)
-        assert_graph_replays_reproduce(run, out)
 
 
 @pytest.mark.parametrize("tactic", [*CONFIGS, "dequant", "auto"], ids=[*CONFIG_NAMES, "dequant", "auto"])
