@@ -95,22 +95,15 @@ int main() { return sums(); }
 """
 
 
-@pytest.fixture(scope="module")
-def split_k_program(tmp_path_factory):
-    """The harness above, compiled by nvcc against csrc/ (host code only: no GPU needed to run it)."""
+@pytest.mark.slow
+def test_split_sums_are_the_serial_sums_bit_for_bit(tmp_path):
     nvcc = shutil.which("nvcc")
     if nvcc is None:
         pytest.skip("needs nvcc")
-    tmp = tmp_path_factory.mktemp("split_k")
-    (tmp / "split_k.cu").write_text(HARNESS)
-    exe = tmp / "split_k"
-    subprocess.run([nvcc, "-std=c++17", "-O2", f"-I{os.path.join(ROOT, 'csrc')}", "-o", str(exe), str(tmp / "split_k.cu")],
-                   check=True, capture_output=True, text=True)
-    return str(exe)
-
-
-@pytest.mark.slow
-def test_split_sums_are_the_serial_sums_bit_for_bit(split_k_program):
-    run = subprocess.run([split_k_program], capture_output=True, text=True)
+    (tmp_path / "split_k.cu").write_text(HARNESS)
+    exe = tmp_path / "split_k"  # host code only: no GPU needed to run it
+    subprocess.run([nvcc, "-std=c++17", "-O2", f"-I{os.path.join(ROOT, 'csrc')}", "-o", str(exe),
+                    str(tmp_path / "split_k.cu")], check=True, capture_output=True, text=True)
+    run = subprocess.run([str(exe)], capture_output=True, text=True)
     assert run.returncode == 0, run.stdout
     assert run.stdout.strip().endswith("cases 960 errors 0"), run.stdout

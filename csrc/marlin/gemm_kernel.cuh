@@ -241,12 +241,11 @@ __device__ __forceinline__ void store_tile(uint8_t* smem, const MarlinGemmParams
   constexpr int TN8 = Cfg::TN / 8;
   int unit_begin = 0, unit_end = rows * TN8;  // the 8-column units of the tile this CTA stores
 
-  const int splits = p.splits;
-  if (splits > 1 && p.cluster_splits) {
-    unit_begin = static_cast<int>(static_cast<int64_t>(split) * unit_end / splits);
-    unit_end = static_cast<int>(static_cast<int64_t>(split + 1) * unit_end / splits);
-    sum_splits_in_cluster<Cfg>(c_sh, splits, 2 * unit_begin, 2 * unit_end);
-  } else if (splits > 1) {
+  if (p.splits > 1 && p.cluster_splits) {
+    unit_begin = static_cast<int>(static_cast<int64_t>(split) * unit_end / p.splits);
+    unit_end = static_cast<int>(static_cast<int64_t>(split + 1) * unit_end / p.splits);
+    sum_splits_in_cluster<Cfg>(c_sh, p.splits, 2 * unit_begin, 2 * unit_end);
+  } else if (p.splits > 1) {
     // ---- split-K by workspace: publish this split's tile; the last CTA to arrive sums all splits in order
     const int tile = m_tile * p.n_tiles + n_tile;
     constexpr int64_t kTileElems = Cfg::ROWS * Cfg::TN;
@@ -258,14 +257,14 @@ __device__ __forceinline__ void store_tile(uint8_t* smem, const MarlinGemmParams
     __syncthreads();
     if (tid == 0) {
       const int arrived = atomicAdd(&p.counters[tile], 1);
-      tile_is_last = arrived == splits - 1;
+      tile_is_last = arrived == p.splits - 1;
       if (tile_is_last) p.counters[tile] = 0;  // every other split has arrived: reusable, graph safe
     }
     __syncthreads();
     if (!tile_is_last) return;
     __threadfence();
     sum_splits_in_order<Cfg>(
-        tid, 0, rows * TN4, splits,
+        tid, 0, rows * TN4, p.splits,
         [&](int s, int i) { return s == split ? *tile_unit<Cfg>(c_sh, i) : __ldcg(slot(s) + i); },
         [&](int i, float4 sum) { *tile_unit<Cfg>(c_sh, i) = sum; });
     __syncthreads();

@@ -2,8 +2,6 @@
 // code (no CUDA runtime calls): tests/test_split_k_cpu.py runs it on the CPU.
 #pragma once
 
-#include <cstdint>
-
 #include <vector_functions.h>  // float4, make_float4 (host and device)
 
 #if defined(__CUDACC__)
