@@ -26,7 +26,7 @@ from nvfp4_compile.ops.gemm_tactics import CONFIG_MAX_M  # noqa: E402
 
 SHAPES = "4096x4096,6144x4096,14336x4096,4096x14336,8192x8192,8192x28672,28672x8192"
 CONFIGS_BY_M = {1: "gemv8,m16", 16: "gemv16,m16", 64: "m64,wg64x256,wg64x512,wg128x256w4",
-                256: "wg256x128,wg128x256w4,wg64x256w4,wg128x256"}
+                256: "wg256x128,wg128x256w4,wg64x256w4,wg128x256,wg128x128"}
 MODES = ("workspace", "cluster")
 
 

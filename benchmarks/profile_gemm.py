@@ -36,7 +36,10 @@ def main() -> None:
             run = lambda: x @ w.t()  # noqa: E731
         else:
             q, s = torch.ops.nvfp4.marlin_repack(*random_nvfp4_weight(n, k, gen))
-            run = lambda: torch.ops.nvfp4_C.marlin_gemm(x, q, s, gs, None, n, k, configs.index(tactic))  # noqa: E731
+            # "<config>.fit": the config with K split only as finely as its clusters all fit (kConfigFitClusters)
+            name, _, fit = tactic.partition(".")
+            config = configs.index(name) | (torch.ops.nvfp4_C.marlin_gemm_fit_clusters_flag() if fit == "fit" else 0)
+            run = lambda: torch.ops.nvfp4_C.marlin_gemm(x, q, s, gs, None, n, k, config)  # noqa: E731
         for _ in range(2):
             run()
         torch.cuda.synchronize()

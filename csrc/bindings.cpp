@@ -18,6 +18,7 @@ TORCH_LIBRARY(nvfp4_C, m) {
       "marlin_gemm(Tensor x, Tensor qweight, Tensor scales, Tensor global_scale, Tensor? bias, int size_n, "
       "int size_k, int config=-1) -> Tensor");
   m.def("marlin_gemm_configs() -> str[]", &nvfp4::marlin_gemm_config_names);
+  m.def("marlin_gemm_fit_clusters_flag() -> int", &nvfp4::marlin_gemm_fit_clusters_flag);
   m.def("marlin_cluster_split_k(bool enable) -> bool", &nvfp4::marlin_cluster_split_k);
   m.def(
       "marlin_dequantize(Tensor qweight, Tensor scales, Tensor global_scale, int size_n, int size_k, "

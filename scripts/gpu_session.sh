@@ -10,6 +10,9 @@
 #   e2e-profile  the 32-layer decode step at b = 1, profiled: top kernels by GPU time, both models (~4 min)
 #   memcheck     compute-sanitizer memcheck over every dense config and the MoE path (scripts/memcheck_kernels.py)
 #   ncu-rows     ncu: gemv16 at M = 8 / 16 / 16 with copied rows, gemv16b at 16, gemv8b at 8 (profile_gemv_rows.py)
+#   ncu-wgmma    ncu with per-instruction stall samples (SourceCounters) of the wgmma configs at M = 64 / 256
+#                (PROBLEMS: profile_gemm.py problems); the SASS source page as CSV under $OUT/ncu_src_*.csv
+#   tactics      every GEMM tactic on SHAPES (NxK,...) at MS (M,...) (benchmarks/bench_tactics.py)
 #   moe          every MoE tactic, auto and BF16 grouped_mm on the Mixtral and Qwen3-MoE layers (~2 min)
 # A device call runs at most 10 minutes: e2e and e2e-batches go in separate calls.
 set -uo pipefail
@@ -50,6 +53,20 @@ if [[ " $steps " == *" ncu-rows "* ]]; then
     --section MemoryWorkloadAnalysis_Tables python3 benchmarks/profile_gemv_rows.py > "$OUT/ncu_tables.log" 2>&1
   echo "ncu tables rc=$?"; grep -E "marlin_gemv_kernel|Global Load|Shared|Wavefronts" "$OUT/ncu_tables.log" | head -40
 fi
+if [[ " $steps " == *" ncu-wgmma "* ]]; then
+  t=$(date +%s)
+  problems=${PROBLEMS:-4096x4096x256:wg128x256w4,4096x4096x256:wg256x128,28672x8192x64:wg64x512,8192x8192x256:wg128x256,4096x4096x256:cublas}
+  timeout 300 ncu --clock-control none -k regex:'marlin_wgmma|nvjet|sm90' \
+    --section SpeedOfLight --section WarpStateStats --section SchedulerStats --section LaunchStats \
+    --section Occupancy --section ComputeWorkloadAnalysis --section SourceCounters -o "$OUT/wgmma" -f \
+    python3 benchmarks/profile_gemm.py --problems "$problems" > "$OUT/ncu_wgmma_run.log" 2>&1
+  echo "ncu-wgmma rc=$? $(( $(date +%s) - t )) s"; tail -3 "$OUT/ncu_wgmma_run.log"
+  ncu -i "$OUT/wgmma.ncu-rep" --print-summary none > "$OUT/ncu_wgmma.log" 2>&1
+  grep -E "marlin|nvjet|Duration|SM Busy|Issue Slots|Stall|Throughput|Executed Ipc|Registers|Warp Cycles" \
+    "$OUT/ncu_wgmma.log" | head -120
+  ncu -i "$OUT/wgmma.ncu-rep" --page source --csv --print-source sass > "$OUT/ncu_src.csv" 2>&1
+  echo "source page rc=$? $(wc -l < "$OUT/ncu_src.csv") lines"; head -c 600 "$OUT/ncu_src.csv"
+fi
 if [[ " $steps " == *" gemm "* ]]; then
   t=$(date +%s)
   timeout 300 python3 benchmarks/bench_gemm.py --csv "$OUT/bench.csv" > "$OUT/bench_gemm.log" 2>&1
@@ -60,6 +77,12 @@ if [[ " $steps " == *" decode "* ]]; then
   timeout 200 python3 benchmarks/bench_tactics.py --shapes 6144x4096,4096x4096,28672x4096,4096x14336 --ms 1,8,16,32 \
     --csv "$OUT/decode_tactics.csv" > "$OUT/decode_tactics.log" 2>&1
   echo "decode tactics rc=$? $(( $(date +%s) - t )) s"; grep -vE "^wrote" "$OUT/decode_tactics.log" | tail -22
+fi
+if [[ " $steps " == *" tactics "* ]]; then
+  t=$(date +%s)
+  timeout 300 python3 benchmarks/bench_tactics.py --shapes "${SHAPES:-4096x4096,8192x8192}" --ms "${MS:-64,256}" \
+    --csv "$OUT/tactics.csv" > "$OUT/tactics.log" 2>&1
+  echo "tactics rc=$? $(( $(date +%s) - t )) s"; grep -vE "^wrote" "$OUT/tactics.log" | tail -30
 fi
 if [[ " $steps " == *" splitk "* ]]; then
   t=$(date +%s)

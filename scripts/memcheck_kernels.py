@@ -33,6 +33,7 @@ def dense(gen) -> int:
     names = list(torch.ops.nvfp4_C.marlin_gemm_configs())
     hopper = torch.cuda.get_device_capability()[0] == 9
     gs = torch.tensor([1e-3], device=DEV)
+    fit = torch.ops.nvfp4_C.marlin_gemm_fit_clusters_flag()
     launches = 0
     for n, k in SHAPES:
         q, s = random_weight(gen, n, k)
@@ -41,8 +42,10 @@ def dense(gen) -> int:
             for config, name in enumerate(names):
                 if m > CONFIG_MAX_M.get(name, 1 << 30) or (name.startswith(("wg", "sw")) and not hopper):
                     continue
-                torch.ops.nvfp4_C.marlin_gemm(x, q, s, gs, None, n, k, config)
-                launches += 1
+                # the wgmma configs also with K split only as finely as their clusters all fit (other split ranges)
+                for flag in (0, fit) if name.startswith("wg") else (0,):
+                    torch.ops.nvfp4_C.marlin_gemm(x, q, s, gs, None, n, k, config | flag)
+                    launches += 1
             torch.cuda.synchronize()
     return launches
 

@@ -35,6 +35,10 @@ using ConfigWg256x128 = WgmmaConfig<256, 1, 2, 4, 1>;
 // the accumulators per thread, so 16 warps per SM hide the dequantization latency.
 using ConfigWg64x256w4 = WgmmaConfig<64, 1, 4, 4, 2>;
 using ConfigWg128x256w4 = WgmmaConfig<128, 1, 4, 5, 1>;
+// Half of wg128x256w4's tile at 2 CTAs per SM: the same 16 warps per SM, but twice the tiles, so a small GEMM's
+// split-K clusters all fit at once (4096 x 4096, M = 256: 64 tiles x 4 splits in clusters of 4, where the 32
+// clusters of wg128x256w4 do not fit and its splits go through the workspace; docs/kernels.md).
+using ConfigWg128x128 = WgmmaConfig<128, 1, 2, 5, 2>;
 // Decode-kernel weight stream on wgmma (stream_wgmma_kernel.cuh): StreamWgmmaConfig<NTOK rows of x, FRAGS,
 // warpgroups, STEPS, CHUNK k16 steps of activations per buffer, MIN_BLOCKS>, named rows x columns.
 using ConfigSw16x512 = StreamWgmmaConfig<16, 4, 2, 8, 48, 2>;

@@ -107,9 +107,10 @@ int resident_clusters(int device, int splits) {
 }
 
 // One dense launch of kKernel (tiled, decode or wgmma) with config Cfg: tiles of Cfg::ROWS x Cfg::TN, split-K
-// into at most max_splits ranges when the tiles cannot fill the GPU, in clusters where they fit.
+// into at most max_splits ranges when the tiles cannot fill the GPU, in clusters where they fit (fit_clusters:
+// fewer splits rather than the workspace, kConfigFitClusters).
 template <auto kKernel, class Cfg>
-void launch_tiles(MarlinGemmParams p, int device, int max_splits) {
+void launch_tiles(MarlinGemmParams p, int device, int max_splits, bool fit_clusters) {
   p.m_tiles = (p.m + Cfg::ROWS - 1) / Cfg::ROWS;
   p.n_tiles = (p.n_pad + Cfg::TN - 1) / Cfg::TN;
   TORCH_CHECK(p.m_tiles <= 65535, "nvfp4_C::marlin_gemm: M too large for one launch");
@@ -122,7 +123,15 @@ void launch_tiles(MarlinGemmParams p, int device, int max_splits) {
   // wave, and clusters that do not fit it would run in a second (H200: 1.4x slower at M = 1, docs/kernels.md).
   // (Lowering the split count until every cluster fits was measured too: faster for a few wgmma shapes, up to
   // 1.3x slower for the decode kernel; docs/kernels.md "Split-K".)
-  p.cluster_splits = tiles <= resident_clusters<kKernel, Cfg::THREADS, Cfg::SMEM_BYTES>(device, p.splits);
+  const auto clusters_fit = [&](int splits) {
+    return tiles <= resident_clusters<kKernel, Cfg::THREADS, Cfg::SMEM_BYTES>(device, splits);
+  };
+  p.cluster_splits = clusters_fit(p.splits);
+  // H200, 4096 x 4096 at M = 64: wg64x256's 16 tiles x 16 splits through the workspace 36.9 us, x 8 in clusters
+  // 16.0; 4096 x 14336 at M = 256: wg128x128 x 4 splits (workspace) 62.8 us, x 3 in clusters 71.7 (docs/kernels.md).
+  for (int splits = p.splits - 1; fit_clusters && !p.cluster_splits && splits >= 2; --splits) {
+    if (clusters_fit(splits)) p.splits = splits, p.cluster_splits = true;
+  }
   const dim3 grid(p.n_tiles, p.m_tiles, p.splits);
   if (p.cluster_splits) {
     const ClusterLaunch launch(grid, Cfg::THREADS, Cfg::SMEM_BYTES, stream, p.splits);
@@ -136,30 +145,31 @@ void launch_tiles(MarlinGemmParams p, int device, int max_splits) {
 }
 
 template <typename T, class Cfg>
-void launch_with_config(MarlinGemmParams p, int device) {
+void launch_with_config(MarlinGemmParams p, int device, bool fit_clusters) {
   p.k_tiles = (p.k_pad + Cfg::TK - 1) / Cfg::TK;  // each split keeps >= 1 k-tile
-  launch_tiles<marlin_gemm_kernel<T, Cfg>, Cfg>(p, device, p.k_tiles);
+  launch_tiles<marlin_gemm_kernel<T, Cfg>, Cfg>(p, device, p.k_tiles, fit_clusters);
 }
 
 template <typename T, class Cfg>
-void launch_gemv_with_config(MarlinGemmParams p, int device) {
-  launch_tiles<marlin_gemv_kernel<T, Cfg>, Cfg>(p, device,
-                                                std::max(1, p.k / 16 / (Cfg::WARPS_K * kGemvMinStepsPerWarp)));
+void launch_gemv_with_config(MarlinGemmParams p, int device, bool fit_clusters) {
+  launch_tiles<marlin_gemv_kernel<T, Cfg>, Cfg>(
+      p, device, std::max(1, p.k / 16 / (Cfg::WARPS_K * kGemvMinStepsPerWarp)), fit_clusters);
 }
 
 // The wgmma kernels exist only in the sm_90a build (sm_90a code runs on compute capability 9.0 only).
 template <typename T, class Cfg>
-void launch_wgmma_with_config(MarlinGemmParams p, int device) {
+void launch_wgmma_with_config(MarlinGemmParams p, int device, bool fit_clusters) {
   TORCH_CHECK(sm_major(device) == 9, "nvfp4_C::marlin_gemm: the wgmma configs need a Hopper (SM 9.0) GPU");
   p.k_tiles = p.k_pad / Cfg::TK;
-  launch_tiles<marlin_wgmma_kernel<T, Cfg>, Cfg>(p, device, p.k_tiles);
+  launch_tiles<marlin_wgmma_kernel<T, Cfg>, Cfg>(p, device, p.k_tiles, fit_clusters);
 }
 
 // The stream-wgmma kernels (sm_90a only, as the wgmma ones): split K no finer than two ring turns per split.
 template <typename T, class Cfg>
-void launch_stream_wgmma_with_config(MarlinGemmParams p, int device) {
+void launch_stream_wgmma_with_config(MarlinGemmParams p, int device, bool fit_clusters) {
   TORCH_CHECK(sm_major(device) == 9, "nvfp4_C::marlin_gemm: the stream-wgmma configs need a Hopper (SM 9.0) GPU");
-  launch_tiles<marlin_stream_wgmma_kernel<T, Cfg>, Cfg>(p, device, std::max(1, p.k / 16 / (2 * Cfg::STEPS)));
+  launch_tiles<marlin_stream_wgmma_kernel<T, Cfg>, Cfg>(p, device, std::max(1, p.k / 16 / (2 * Cfg::STEPS)),
+                                                        fit_clusters);
 }
 
 template <typename T>
@@ -186,27 +196,30 @@ void launch_marlin_gemm(const at::Tensor& x, const at::Tensor& qweight, const at
   // decode kernel with x in blocks up to 8 and 16 rows (H200, tenth session: 8192x8192 15.7 vs 16.4 us for gemv8
   // at M = 1, 17.9 vs 22.4 for m16 at M = 16; docs/kernels.md), then the mma.sync tiles up to 64 rows, then on
   // Hopper the wgmma kernel (H200, M = 256: 78 vs 137 us on 8192x8192), else the 128 x 256 mma.sync tile.
+  const bool fit_clusters = config >= 0 && (config & kConfigFitClusters) != 0;
+  if (config >= 0) config &= ~static_cast<int>(kConfigFitClusters);
   if (config < 0) {
     const bool hopper = sm_major(device) == 9;
     config = p.m <= 8 ? 14 : p.m <= 16 ? 13 : p.m <= 32 ? 1 : p.m <= 64 ? 2 : !hopper ? 3 : p.m <= 128 ? 7 : 8;
   }
   switch (config) {
-    case 0: launch_with_config<T, ConfigM16>(p, device); break;
-    case 1: launch_with_config<T, ConfigM32>(p, device); break;
-    case 2: launch_with_config<T, ConfigM64>(p, device); break;
-    case 3: launch_with_config<T, ConfigLarge>(p, device); break;
-    case 4: launch_gemv_with_config<T, ConfigGemv8>(p, device); break;
-    case 5: launch_wgmma_with_config<T, ConfigWg64x512>(p, device); break;
-    case 6: launch_wgmma_with_config<T, ConfigWg64x256>(p, device); break;
-    case 7: launch_wgmma_with_config<T, ConfigWg128x256>(p, device); break;
-    case 8: launch_wgmma_with_config<T, ConfigWg256x128>(p, device); break;
-    case 9: launch_wgmma_with_config<T, ConfigWg64x256w4>(p, device); break;
-    case 10: launch_wgmma_with_config<T, ConfigWg128x256w4>(p, device); break;
-    case 11: launch_gemv_with_config<T, ConfigGemv16>(p, device); break;
-    case 12: launch_stream_wgmma_with_config<T, ConfigSw16x512>(p, device); break;
-    case 13: launch_gemv_with_config<T, ConfigGemv16b>(p, device); break;
-    case 14: launch_gemv_with_config<T, ConfigGemv8b>(p, device); break;
-    default: TORCH_CHECK(false, "nvfp4_C::marlin_gemm: no tile config ", config);
+    case 0: launch_with_config<T, ConfigM16>(p, device, fit_clusters); break;
+    case 1: launch_with_config<T, ConfigM32>(p, device, fit_clusters); break;
+    case 2: launch_with_config<T, ConfigM64>(p, device, fit_clusters); break;
+    case 3: launch_with_config<T, ConfigLarge>(p, device, fit_clusters); break;
+    case 4: launch_gemv_with_config<T, ConfigGemv8>(p, device, fit_clusters); break;
+    case 5: launch_wgmma_with_config<T, ConfigWg64x512>(p, device, fit_clusters); break;
+    case 6: launch_wgmma_with_config<T, ConfigWg64x256>(p, device, fit_clusters); break;
+    case 7: launch_wgmma_with_config<T, ConfigWg128x256>(p, device, fit_clusters); break;
+    case 8: launch_wgmma_with_config<T, ConfigWg256x128>(p, device, fit_clusters); break;
+    case 9: launch_wgmma_with_config<T, ConfigWg64x256w4>(p, device, fit_clusters); break;
+    case 10: launch_wgmma_with_config<T, ConfigWg128x256w4>(p, device, fit_clusters); break;
+    case 11: launch_gemv_with_config<T, ConfigGemv16>(p, device, fit_clusters); break;
+    case 12: launch_stream_wgmma_with_config<T, ConfigSw16x512>(p, device, fit_clusters); break;
+    case 13: launch_gemv_with_config<T, ConfigGemv16b>(p, device, fit_clusters); break;
+    case 14: launch_gemv_with_config<T, ConfigGemv8b>(p, device, fit_clusters); break;
+    case 15: launch_wgmma_with_config<T, ConfigWg128x128>(p, device, fit_clusters); break;
+    default: TORCH_CHECK(false, "nvfp4_C::marlin_gemm: no such tile config");  // literal: see gemm.cpp
   }
 }
 

@@ -15,16 +15,22 @@ namespace nvfp4 {
 // x [M, size_k] bf16/fp16 contiguous; qweight int32 [K_pad/16, 2*N_pad]; scales uint8 [K_pad/16, N_pad];
 // global_scale fp32 [1] or [size_n] (decode; per column for merged siblings); bias [size_n] in x.dtype or none -> [M, size_n] x.dtype.
 // config: index into marlin_gemm_config_names() to force a tile config (the tactic registry,
-// nvfp4_compile/ops/gemm_tactics.py), or -1 to pick by M.
+// nvfp4_compile/ops/gemm_tactics.py), optionally | kConfigFitClusters, or -1 to pick by M.
 at::Tensor marlin_gemm(const at::Tensor& x, const at::Tensor& qweight, const at::Tensor& scales,
                        const at::Tensor& global_scale, const std::optional<at::Tensor>& bias, int64_t size_n,
                        int64_t size_k, int64_t config = -1);
+
+// Flag or-ed into a config >= 0: where a tile's K splits would add up through the FP32 workspace because their
+// clusters do not all fit on the GPU at once, split K fewer ways, as many as fit in clusters (idle SMs against the
+// workspace's traffic and serial fix-up: which wins depends on the shape, so gemm="auto" measures both).
+constexpr int64_t kConfigFitClusters = 256;
+inline int64_t marlin_gemm_fit_clusters_flag() { return kConfigFitClusters; }
 
 // Names of the tile configs by index, in the order of gemm_launch.cuh's dispatch switch.
 inline std::vector<std::string> marlin_gemm_config_names() {
   return {"m16", "m32", "m64", "large", "gemv8",
           "wg64x512", "wg64x256", "wg128x256", "wg256x128", "wg64x256w4", "wg128x256w4", "gemv16", "sw16x512",
-          "gemv16b", "gemv8b"};
+          "gemv16b", "gemv8b", "wg128x128"};
 }
 
 // Split-K of the dense GEMM on Hopper: true (default) puts the splits of a tile in one thread-block cluster

@@ -2,6 +2,8 @@
 
     marlin.<config>  the W4A16 kernel with one tile config forced (nvfp4_C.marlin_gemm(..., config=i));
                      configs and their names come from the extension (nvfp4_C.marlin_gemm_configs())
+    marlin.wg*.fit   a wgmma config whose K splits stay in clusters that all fit at once (fewer splits rather
+                     than the FP32 workspace; nvfp4_C.marlin_gemm_fit_clusters_flag())
     dequant          the weight dequantized to x.dtype from the Marlin layout (nvfp4_C.marlin_dequantize,
                      exactly formats.marlin.marlin_dequantize) + F.linear (cuBLAS): wins at large M
     marlin           the fallback: the kernel choosing its config by M (what gemm="marlin" runs)
@@ -29,7 +31,8 @@ DTYPE_NAMES = {torch.bfloat16: "bf16", torch.float16: "fp16"}
 
 def available() -> bool:
     """The compiled tactics exist (extension loaded with the config argument and the dequantize kernel)."""
-    return _C.has_kernel("marlin_gemm") and _C.has_kernel("marlin_dequantize") and _C.has_kernel("marlin_gemm_configs")
+    return all(_C.has_kernel(op) for op in ("marlin_gemm", "marlin_dequantize", "marlin_gemm_configs",
+                                            "marlin_gemm_fit_clusters_flag"))
 
 
 def dequantize_weight(qweight, scales, global_scale, size_n: int, size_k: int, dtype: torch.dtype) -> torch.Tensor:
@@ -89,6 +92,10 @@ def tactic_set() -> TacticSet:
         raise RuntimeError(f"nvfp4_compile: GEMM tactics need the CUDA extension ({_C.LOAD_ERROR or 'not built'})")
     configs = list(torch.ops.nvfp4_C.marlin_gemm_configs())
     tactics = [_marlin_tactic(f"marlin.{name}", i, CONFIG_MAX_M.get(name)) for i, name in enumerate(configs)]
+    # The wgmma configs once more with K split only as finely as their clusters all fit on the GPU (csrc/marlin/
+    # marlin.h kConfigFitClusters): fewer splits against the workspace path, which wins depends on the shape.
+    fit = torch.ops.nvfp4_C.marlin_gemm_fit_clusters_flag()
+    tactics += [_marlin_tactic(f"marlin.{name}.fit", i | fit) for i, name in enumerate(configs) if name.startswith("wg")]
     tactics.append(Tactic("dequant", _dequant_linear))
     return TacticSet("marlin_gemm", tuple(tactics), fallback=_marlin_tactic("marlin", -1), build=extension_build_id())
 

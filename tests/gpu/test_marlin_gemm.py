@@ -151,7 +151,7 @@ def test_gemm_matches_fp32_reference(m, n, k, dtype, with_bias):
 
 # nvfp4_C.marlin_gemm_configs()
 CONFIG_NAMES = ["m16", "m32", "m64", "large", "gemv8", "wg64x512", "wg64x256", "wg128x256", "wg256x128", "wg64x256w4",
-                "wg128x256w4", "gemv16", "sw16x512", "gemv16b", "gemv8b"]
+                "wg128x256w4", "gemv16", "sw16x512", "gemv16b", "gemv8b", "wg128x128"]
 CONFIGS = range(len(CONFIG_NAMES))
 
 
@@ -317,6 +317,51 @@ def test_split_k_in_clusters_replays_in_cuda_graph(config, m, n, k):
     finally:
         torch.ops.nvfp4_C.marlin_cluster_split_k(previous)
     assert rel_err(eager, reference_gemm(x, w, sf, gs)) < 1e-2
+
+
+WGMMA_CONFIGS = [c for c in CONFIG_NAMES if c.startswith("wg")]
+
+
+@pytest.mark.skipif(torch.cuda.is_available() and torch.cuda.get_device_capability()[0] != 9, reason="Hopper")
+@pytest.mark.parametrize("config", WGMMA_CONFIGS)
+def test_fit_clusters_flag_splits_fewer_ways_in_clusters(config):
+    """config | kConfigFitClusters: on shapes whose tiles split K into more clusters than fit at once (the plain
+    config takes the workspace path there), the flagged launch takes the cluster path with fewer splits; results
+    match the FP32 reference and replay bit-identically in a CUDA graph. Where the plain config's clusters fit,
+    the flag changes nothing (same bits)."""
+    flag = torch.ops.nvfp4_C.marlin_gemm_fit_clusters_flag()
+    index = CONFIG_NAMES.index(config)
+    took_fewer_splits = False
+    for m, n, k in [(64, 4096, 4096), (256, 4096, 4096), (64, 8192, 8192), (100, 4096, 1024)]:
+        w, sf, gs = quantize_nvfp4(torch.randn(n, k, device=DEV))
+        q, s = ops.marlin_repack(w, sf)
+        x = torch.randn(m, k, device=DEV).to(torch.bfloat16)
+        bias = torch.randn(n, device=DEV).to(torch.bfloat16)
+        plain = lambda: torch.ops.nvfp4_C.marlin_gemm(x, q, s, gs.reshape(-1), bias, n, k, index)  # noqa: E731
+        fit = lambda: torch.ops.nvfp4_C.marlin_gemm(x, q, s, gs.reshape(-1), bias, n, k, index | flag)  # noqa: E731
+        previous = torch.ops.nvfp4_C.marlin_cluster_split_k(True)
+        try:
+            plain_in_clusters = launched_with_clusters(plain)
+            assert launched_with_clusters(fit), (m, n, k)
+            expected = fit()
+            assert_graph_replays_reproduce(fit, expected)
+        finally:
+            torch.ops.nvfp4_C.marlin_cluster_split_k(previous)
+        if plain_in_clusters:
+            assert torch.equal(plain(), expected), (m, n, k)
+        took_fewer_splits |= not plain_in_clusters
+        assert rel_err(expected, reference_gemm(x, w, sf, gs, bias)) < 1e-2, (m, n, k)
+    assert took_fewer_splits, "no shape took the workspace path without the flag"
+
+
+def test_config_flag_out_of_range_is_rejected():
+    flag = torch.ops.nvfp4_C.marlin_gemm_fit_clusters_flag()
+    x = torch.randn(1, 64, device=DEV).to(torch.bfloat16)
+    q, s = ops.marlin_repack(*random_fp4(64, 64, seed=0))
+    gs = torch.ones(1, device=DEV)
+    for config in (len(CONFIG_NAMES), flag | len(CONFIG_NAMES), 2 * flag, -2):
+        with pytest.raises(RuntimeError, match="config must be"):
+            torch.ops.nvfp4_C.marlin_gemm(x, q.to(DEV), s.to(DEV), gs, None, 64, 64, config)
 
 
 @pytest.mark.parametrize("config", [GEMV8, GEMV16, 0], ids=["gemv8", "gemv16", "m16"])

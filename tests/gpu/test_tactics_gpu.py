@@ -49,9 +49,11 @@ def rel_err(out, ref):
 
 
 def test_tactic_set_lists_every_kernel_config_and_dequant():
+    """Every config, each wgmma config once more with its splits fitted to resident clusters, then dequant."""
     ts = gemm_tactics.tactic_set()
     configs = list(torch.ops.nvfp4_C.marlin_gemm_configs())
-    assert ts.names == (*(f"marlin.{c}" for c in configs), "dequant") and ts.fallback.name == "marlin"
+    fitted = (f"marlin.{c}.fit" for c in configs if c.startswith("wg"))
+    assert ts.names == (*(f"marlin.{c}" for c in configs), *fitted, "dequant") and ts.fallback.name == "marlin"
     assert len(ts.build) == 16 and ts.signature
 
 
