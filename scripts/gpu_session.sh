@@ -11,7 +11,7 @@
 #   memcheck     compute-sanitizer memcheck over every dense config and the MoE path (scripts/memcheck_kernels.py)
 #   ncu-rows     ncu: gemv16 at M = 8 / 16 / 16 with copied rows, gemv16b at 16, gemv8b at 8 (profile_gemv_rows.py)
 #   ncu-wgmma    ncu with per-instruction stall samples (SourceCounters) of the wgmma configs at M = 64 / 256
-#                (PROBLEMS: profile_gemm.py problems); the SASS source page as CSV under $OUT/ncu_src_*.csv
+#                (PROBLEMS: profile_gemm.py problems); SASS source page $OUT/ncu_src.csv, phases by ncu_phases.py
 #   tactics      every GEMM tactic on SHAPES (NxK,...) at MS (M,...) (benchmarks/bench_tactics.py)
 #   moe          every MoE tactic, auto and BF16 grouped_mm on the Mixtral and Qwen3-MoE layers (~2 min)
 # A device call runs at most 10 minutes: e2e and e2e-batches go in separate calls.
@@ -65,7 +65,8 @@ if [[ " $steps " == *" ncu-wgmma "* ]]; then
   grep -E "marlin|nvjet|Duration|SM Busy|Issue Slots|Stall|Throughput|Executed Ipc|Registers|Warp Cycles" \
     "$OUT/ncu_wgmma.log" | head -120
   ncu -i "$OUT/wgmma.ncu-rep" --page source --csv --print-source sass > "$OUT/ncu_src.csv" 2>&1
-  echo "source page rc=$? $(wc -l < "$OUT/ncu_src.csv") lines"; head -c 600 "$OUT/ncu_src.csv"
+  echo "source page rc=$? $(wc -l < "$OUT/ncu_src.csv") lines"
+  python3 benchmarks/ncu_phases.py "$OUT/ncu_src.csv" | tee "$OUT/ncu_phases.log"
 fi
 if [[ " $steps " == *" gemm "* ]]; then
   t=$(date +%s)

@@ -121,8 +121,9 @@ void launch_tiles(MarlinGemmParams p, int device, int max_splits, bool fit_clust
   p.splits = split_count(tiles, slots, max_splits);
   // Clusters only where all of them are resident at once: the split count was sized to fill the slots in one
   // wave, and clusters that do not fit it would run in a second (H200: 1.4x slower at M = 1, docs/kernels.md).
-  // (Lowering the split count until every cluster fits was measured too: faster for a few wgmma shapes, up to
-  // 1.3x slower for the decode kernel; docs/kernels.md "Split-K".)
+  // Lowering the split count until every cluster fits is the fit_clusters option, not the default: faster for
+  // some wgmma shapes, slower for others and up to 1.3x slower for the decode kernel (docs/kernels.md "Split-K",
+  // "Eleventh session"), so gemm="auto" measures both.
   const auto clusters_fit = [&](int splits) {
     return tiles <= resident_clusters<kKernel, Cfg::THREADS, Cfg::SMEM_BYTES>(device, splits);
   };
