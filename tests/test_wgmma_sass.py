@@ -5,7 +5,8 @@ extend that lifetime by itself, and a kernel variant once had those registers ov
 edge (silent wrong results that depend on timing). The check runs on SASS, so it needs no GPU: these tests
 compile every wgmma config of csrc/marlin/configs.cuh for sm_90a with nvcc (skipped without nvcc or a
 disassembler: nvdisasm, e.g. from the nvidia-cuda-nvdisasm wheel, or cuobjdump) and check the result, and test
-the checker itself on hand-written SASS.
+the checker itself on hand-written SASS. The same compile also checks which configs ptxas serializes (one MMA
+group at a time for lack of registers): exactly the known one, so a config change that serializes another fails.
 """
 from __future__ import annotations
 
@@ -73,6 +74,19 @@ def wgmma_configs() -> list[tuple[str, str]]:
             *(("marlin_stream_wgmma_kernel", c) for c in re.findall(r"using (ConfigSw\w+) = StreamWgmmaConfig<", text))]
 
 
+# wgmma configs whose MMAs ptxas serializes (C7512, "insufficient register resources"), with the reason: 512
+# threads x 2 CTAs per SM leave 64 registers, less than a group in flight needs (docs/kernels.md "Eleventh session").
+KNOWN_SERIALIZED = {"ConfigWg64x256w4"}
+
+
+def config_templates() -> dict[str, str]:
+    """Config alias of each WgmmaConfig in csrc/marlin/configs.cuh -> its template arguments as mangled in a
+    kernel name (WgmmaConfig<64, 1, 4, 4, 2> -> WgmmaConfigILi64ELi1ELi4ELi4ELi2EEE)."""
+    text = open(os.path.join(ROOT, "csrc", "marlin", "configs.cuh")).read()
+    return {alias: "WgmmaConfigI" + "".join(f"Li{v.strip()}E" for v in args.split(",")) + "E"
+            for alias, args in re.findall(r"using (ConfigWg\w+) = WgmmaConfig<([^>]*)>", text)}
+
+
 @pytest.mark.slow
 def test_compiled_wgmma_kernels_have_no_register_hazards(tmp_path):
     nvcc, disasm = shutil.which("nvcc"), disassembler()
@@ -91,8 +105,8 @@ def test_compiled_wgmma_kernels_have_no_register_hazards(tmp_path):
              "-D__CUDA_NO_HALF_OPERATORS__", "-D__CUDA_NO_HALF_CONVERSIONS__", "-D__CUDA_NO_BFLOAT16_CONVERSIONS__",
              "-D__CUDA_NO_HALF2_OPERATORS__", f"-I{os.path.join(ROOT, 'csrc')}"]
     cubin = tmp_path / "wgmma_configs.cubin"
-    subprocess.run([nvcc, *flags, "-o", str(cubin), str(tmp_path / "wgmma_configs.cu")], check=True,
-                   capture_output=True, text=True)
+    compiled = subprocess.run([nvcc, *flags, "-o", str(cubin), str(tmp_path / "wgmma_configs.cu")], check=True,
+                              capture_output=True, text=True)
     sass = subprocess.run([*disasm, str(cubin)], check=True, capture_output=True, text=True).stdout
     kernels = [(name, body) for name, body in sass_stats.kernels(sass) if "wgmma_kernel" in name]
     assert len(kernels) == 2 * len(configs)
@@ -100,3 +114,10 @@ def test_compiled_wgmma_kernels_have_no_register_hazards(tmp_path):
         assert "HGMMA" in body, name
         assert sass_stats.wgmma_hazards(body) == [], name
         assert not re.search(r"\b(LDL|STL)\b", body), f"{name} spills to local memory"
+    # ptxas serializes wgmma (waits for each MMA group before the next) when the registers of a group in flight
+    # do not fit: the kernel then cannot dequantize one k16 step while the tensor cores run the previous one.
+    serialized = {alias for alias, template in config_templates().items()
+                  for name in re.findall(r"serialized due to insufficient register resources for the function '(\w+)'",
+                                         compiled.stdout + compiled.stderr)
+                  if "marlin_wgmma_kernel" in name and template in name}
+    assert serialized == KNOWN_SERIALIZED, f"wgmma serialized by ptxas in {sorted(serialized)}"
