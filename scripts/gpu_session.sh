@@ -73,17 +73,17 @@ if [[ " $steps " == *" gemm "* ]]; then
   timeout 300 python3 benchmarks/bench_gemm.py --csv "$OUT/bench.csv" > "$OUT/bench_gemm.log" 2>&1
   echo "bench_gemm rc=$? $(( $(date +%s) - t )) s"; grep -vE "^wrote" "$OUT/bench_gemm.log" | tail -42
 fi
+# bench_tactics.py on shapes $2 at M values $3 within $4 s, into $OUT/$1.csv / .log; the last $5 lines printed
+run_tactics() {
+  local t; t=$(date +%s)
+  timeout "$4" python3 benchmarks/bench_tactics.py --shapes "$2" --ms "$3" --csv "$OUT/$1.csv" > "$OUT/$1.log" 2>&1
+  echo "$1 rc=$? $(( $(date +%s) - t )) s"; grep -vE "^wrote" "$OUT/$1.log" | tail -"$5"
+}
 if [[ " $steps " == *" decode "* ]]; then
-  t=$(date +%s)
-  timeout 200 python3 benchmarks/bench_tactics.py --shapes 6144x4096,4096x4096,28672x4096,4096x14336 --ms 1,8,16,32 \
-    --csv "$OUT/decode_tactics.csv" > "$OUT/decode_tactics.log" 2>&1
-  echo "decode tactics rc=$? $(( $(date +%s) - t )) s"; grep -vE "^wrote" "$OUT/decode_tactics.log" | tail -22
+  run_tactics decode_tactics 6144x4096,4096x4096,28672x4096,4096x14336 1,8,16,32 200 22
 fi
 if [[ " $steps " == *" tactics "* ]]; then
-  t=$(date +%s)
-  timeout 300 python3 benchmarks/bench_tactics.py --shapes "${SHAPES:-4096x4096,8192x8192}" --ms "${MS:-64,256}" \
-    --csv "$OUT/tactics.csv" > "$OUT/tactics.log" 2>&1
-  echo "tactics rc=$? $(( $(date +%s) - t )) s"; grep -vE "^wrote" "$OUT/tactics.log" | tail -30
+  run_tactics tactics "${SHAPES:-4096x4096,8192x8192}" "${MS:-64,256}" 300 30
 fi
 if [[ " $steps " == *" splitk "* ]]; then
   t=$(date +%s)
