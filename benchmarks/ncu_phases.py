@@ -40,15 +40,20 @@ def main_loop(rows) -> tuple[int, int] | None:
     hgmma = [i for i, s in enumerate(source) if "HGMMA" in s]
     if not hgmma:
         return None
-    begin = max(i for i in range(hgmma[0]) if "BAR.SYNC" in source[i]) - 15
-    wait = next(i for i in range(hgmma[-1], len(source)) if "DEPBAR" in source[i])
-    end = next(i for i in range(wait + 100, len(source)) if "BRA" in source[i])
-    return begin, end
+    barrier = max((i for i in range(hgmma[0]) if "BAR.SYNC" in source[i]), default=None)
+    wait = next((i for i in range(hgmma[-1], len(source)) if "DEPBAR" in source[i]), None)
+    end = next((i for i in range(wait + 100, len(source)) if "BRA" in source[i]), None) if wait is not None else None
+    if barrier is None or end is None:
+        return None  # not the loop shape described above
+    return max(barrier - 15, 0), end
 
 
 def report(name: str, rows) -> None:
+    if not any("HGMMA" in r["Source"] for r in rows):
+        return
     bounds = main_loop(rows)
     if bounds is None:
+        print(f"{name[:140]}\n  no main loop of the expected shape (barrier, HGMMA, wgmma wait, back edge)")
         return
     begin, end = bounds
     samples = [number(r, SAMPLES) for r in rows]

@@ -55,3 +55,12 @@ def test_kernels_without_hgmma_are_skipped(capsys):
     assert ncu_phases.main_loop(parsed) is None
     ncu_phases.report(name, parsed)
     assert capsys.readouterr().out == ""
+
+
+def test_a_loop_of_another_shape_is_reported_not_guessed(capsys):
+    """HGMMA but no barrier before it (e.g. a pipeline on mbarriers): named, not split by a wrong boundary."""
+    rows = [row for row in kernel_rows() if not row[0].startswith("BAR.SYNC")]
+    (name, parsed), = list(ncu_phases.kernels(source_page(rows)))
+    assert ncu_phases.main_loop(parsed) is None
+    ncu_phases.report(name, parsed)
+    assert "no main loop of the expected shape" in capsys.readouterr().out
