@@ -7,7 +7,7 @@
 # Before the timing, each variant runs the GPU tests of every tile config (AB_TESTS: another pytest -k filter).
 set -uo pipefail
 cd "$(dirname "$0")/.."
-OUT=${OUT:-out}; mkdir -p "$OUT"
+OUT=${OUT:-out}; mkdir -p "$OUT"; OUT=$(cd "$OUT" && pwd)  # absolute: the builds run in the variant trees
 case "${1:-}" in
   prepare)
     shift; rm -rf .ab; mkdir -p .ab
@@ -21,7 +21,7 @@ case "${1:-}" in
     t=$(date +%s)
     # One variant's build is bound by its two GEMM translation units, so the builds share the cores side by side.
     for v in $variants; do
-      (cd ".ab/$v" && MAX_JOBS=$(( $(nproc) / n + 1 )) python3 setup.py build_ext --inplace > "../../$OUT/build_$v.log" 2>&1
+      (cd ".ab/$v" && MAX_JOBS=$(( $(nproc) / n + 1 )) python3 setup.py build_ext --inplace > "$OUT/build_$v.log" 2>&1
        echo "build $v rc=$?") &
     done
     wait; echo "builds $(( $(date +%s) - t )) s"
