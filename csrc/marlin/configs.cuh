@@ -39,6 +39,9 @@ using ConfigWg128x256w4 = WgmmaConfig<128, 1, 4, 5, 1>;
 // resident at once (H200: 79 of 3 and 62 of 4, against 39 and 30). auto takes it, mostly with the fit flag, on
 // the 4096-wide shapes at M = 64-128 (4096 x 14336, M = 128: 36.8 us against 40.6 for wg128x256w4; docs/kernels.md).
 using ConfigWg128x128 = WgmmaConfig<128, 1, 2, 5, 2>;
+// wg64x256w4's warps per SM (16 here, at 2 CTAs of 8 warps) with the registers to keep one MMA group in flight:
+// at 64 registers ptxas serializes wg64x256w4's wgmma (C7512); this one compiles to 95, not serialized.
+using ConfigWg64x128 = WgmmaConfig<64, 1, 2, 4, 2>;
 // Decode-kernel weight stream on wgmma (stream_wgmma_kernel.cuh): StreamWgmmaConfig<NTOK rows of x, FRAGS,
 // warpgroups, STEPS, CHUNK k16 steps of activations per buffer, MIN_BLOCKS>, named rows x columns.
 using ConfigSw16x512 = StreamWgmmaConfig<16, 4, 2, 8, 48, 2>;

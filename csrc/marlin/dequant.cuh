@@ -119,11 +119,15 @@ __device__ __forceinline__ void code_pairs(uint32_t q, uint32_t (&pair)[4]) {
 
 // Scale codes in bytes `byte` and `byte + 1` of `word`, both decoded by one multiply-add: s_byte in the low
 // half of the T pair, s_byte+1 in the high half (no carry crosses halves: code * MUL + ADD < 2^16).
+// The multiplier comes from constant memory, which the compiler cannot fold: with the literal (16 or 128) it
+// makes the multiply-add a shift-add (LEA) on the ALU pipe, which the dequantization already saturates at M = 64
+// (docs/kernels.md "Eleventh session"); as a multiply-add of a register it is an IMAD on the FMA pipe.
+static __constant__ uint32_t kScaleMulOperand[2] = {Dtype<__nv_bfloat16>::kScaleMul, Dtype<__half>::kScaleMul};
 template <typename T>
 __device__ __forceinline__ uint32_t scale_pair_at(uint32_t word, uint32_t byte) {
   // prmt selector: bytes [byte, zero, byte + 1, zero] (selector 4 picks byte 0 of the zero operand).
   const uint32_t codes = __byte_perm(word, 0u, 0x4040u | byte | ((byte + 1) << 8));
-  return codes * Dtype<T>::kScaleMul + Dtype<T>::kScaleAdd;
+  return codes * kScaleMulOperand[std::is_same_v<T, __half>] + Dtype<T>::kScaleAdd;
 }
 
 // Register bits <-> a T pair.

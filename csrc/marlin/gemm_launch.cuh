@@ -220,6 +220,7 @@ void launch_marlin_gemm(const at::Tensor& x, const at::Tensor& qweight, const at
     case 13: launch_gemv_with_config<T, ConfigGemv16b>(p, device, fit_clusters); break;
     case 14: launch_gemv_with_config<T, ConfigGemv8b>(p, device, fit_clusters); break;
     case 15: launch_wgmma_with_config<T, ConfigWg128x128>(p, device, fit_clusters); break;
+    case 16: launch_wgmma_with_config<T, ConfigWg64x128>(p, device, fit_clusters); break;
     default: TORCH_CHECK(false, "nvfp4_C::marlin_gemm: no such tile config");  // literal: see gemm.cpp
   }
 }

@@ -30,7 +30,7 @@ inline int64_t marlin_gemm_fit_clusters_flag() { return kConfigFitClusters; }
 inline std::vector<std::string> marlin_gemm_config_names() {
   return {"m16", "m32", "m64", "large", "gemv8",
           "wg64x512", "wg64x256", "wg128x256", "wg256x128", "wg64x256w4", "wg128x256w4", "gemv16", "sw16x512",
-          "gemv16b", "gemv8b", "wg128x128"};
+          "gemv16b", "gemv8b", "wg128x128", "wg64x128"};
 }
 
 // Split-K of the dense GEMM on Hopper: true (default) puts the splits of a tile in one thread-block cluster

@@ -151,7 +151,7 @@ def test_gemm_matches_fp32_reference(m, n, k, dtype, with_bias):
 
 # nvfp4_C.marlin_gemm_configs()
 CONFIG_NAMES = ["m16", "m32", "m64", "large", "gemv8", "wg64x512", "wg64x256", "wg128x256", "wg256x128", "wg64x256w4",
-                "wg128x256w4", "gemv16", "sw16x512", "gemv16b", "gemv8b", "wg128x128"]
+                "wg128x256w4", "gemv16", "sw16x512", "gemv16b", "gemv8b", "wg128x128", "wg64x128"]
 CONFIGS = range(len(CONFIG_NAMES))
 
 
