@@ -28,8 +28,9 @@ case "${1:-}" in
     for v in $variants; do
       t=$(date +%s)
       # A fast wrong kernel is no candidate: every tile config against the references first (AB_TESTS: -k filter).
-      PYTHONPATH="$PWD/.ab/$v" timeout 120 python3 -m pytest -q -p no:cacheprovider .ab/$v/tests/gpu/test_marlin_gemm.py \
-        -k "${AB_TESTS:-identity_gemm or every_tile_config or wgmma_configs_on_model_shapes}" > "$OUT/ab_tests_$v.log" 2>&1
+      # Run from the variant's tree: pytest puts its rootdir first on sys.path, so from here it would import ./nvfp4_compile.
+      (cd ".ab/$v" && PYTHONPATH=$PWD timeout 120 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_marlin_gemm.py \
+        -k "${AB_TESTS:-identity_gemm or every_tile_config or wgmma_configs_on_model_shapes}" > "$OUT/ab_tests_$v.log" 2>&1)
       echo "tests $v rc=$? $(( $(date +%s) - t )) s: $(tail -1 "$OUT/ab_tests_$v.log")"
       t=$(date +%s)
       PYTHONPATH="$PWD/.ab/$v" timeout "${AB_TIMEOUT:-150}" python3 ".ab/$v/benchmarks/bench_tactics.py" \
