@@ -115,8 +115,9 @@ int64_t moe_max_tiles(int64_t num_ids, int64_t num_experts, int rows) {
 
 void launch_moe_align(const at::Tensor& topk_ids, int num_experts, int rows, int* sorted_ids, int* tile_expert,
                       int* num_padded, cudaStream_t stream) {
-  TORCH_CHECK(num_experts >= 1 && num_experts <= kMoeMaxExperts, "nvfp4_C::marlin_moe: at most ",
-              kMoeMaxExperts, " experts");
+  // One literal message (marlin_moe.cpp says why), so it states the limit itself.
+  static_assert(kMoeMaxExperts == 1024, "the message below states the limit");
+  TORCH_CHECK(num_experts >= 1 && num_experts <= kMoeMaxExperts, "nvfp4_C::marlin_moe: at most 1024 experts");
   TORCH_CHECK(topk_ids.is_contiguous(), "nvfp4_C::marlin_moe: topk_ids must be contiguous");
   const bool ids64 = topk_ids.scalar_type() == at::kLong;
   moe_align_kernel<<<1, kAlignThreads, 0, stream>>>(topk_ids.data_ptr(), ids64, static_cast<int>(topk_ids.numel()),

@@ -13,7 +13,12 @@ namespace nvfp4 {
 
 namespace {
 
-constexpr const char* kOp = "nvfp4_C::marlin_moe: ";
+// Every check message is one string: literals concatenated at compile time (NVFP4_MOE_OP "..."), or one
+// std::string. On the device machine (torch 2.11.0+cu130) a TORCH_CHECK whose message has several parts, formatted
+// by c10::str, killed the process instead of raising (docs/kernels.md, "A crash, fixed");
+// tests/gpu/test_cpp_checks.py covers these.
+#define NVFP4_MOE_OP "nvfp4_C::marlin_moe: "
+static_assert(kMoeMaxTopk == 64 && kMoeMaxExperts == 1024, "the top-k and expert-count messages state the limits");
 
 int64_t ceil_to(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 
@@ -24,13 +29,15 @@ void check_stack(const at::Tensor& q, const at::Tensor& s, const at::Tensor& gs,
   const int64_t n_pad = ceil_to(n, 64), k_pad = ceil_to(k, 64);
   TORCH_CHECK(q.scalar_type() == at::kInt && q.dim() == 3 && q.size(0) == e && q.size(1) == k_pad / 16 &&
                   q.size(2) == 2 * n_pad && q.is_contiguous() && aligned16(q) && q.device() == device,
-              kOp, name, "_q must be contiguous int32 [E, K_pad/16, 2*N_pad] on x's device, 16-byte aligned");
+              std::string(NVFP4_MOE_OP) + name +
+                  "_q must be contiguous int32 [E, K_pad/16, 2*N_pad] on x's device, 16-byte aligned");
   TORCH_CHECK(s.scalar_type() == at::kByte && s.dim() == 3 && s.size(0) == e && s.size(1) == k_pad / 16 &&
                   s.size(2) == n_pad && s.is_contiguous() && aligned16(s) && s.device() == device,
-              kOp, name, "_s must be contiguous uint8 [E, K_pad/16, N_pad] on x's device, 16-byte aligned");
+              std::string(NVFP4_MOE_OP) + name +
+                  "_s must be contiguous uint8 [E, K_pad/16, N_pad] on x's device, 16-byte aligned");
   TORCH_CHECK(gs.scalar_type() == at::kFloat && gs.dim() == 1 && gs.size(0) == e && gs.is_contiguous() &&
                   gs.device() == device,
-              kOp, name, "_gs must be contiguous float32 [E] on x's device");
+              std::string(NVFP4_MOE_OP) + name + "_gs must be contiguous float32 [E] on x's device");
 }
 
 // Expected m-tiles holding tokens under uniform routing (split-K sizing only; any value is correct).
@@ -47,35 +54,35 @@ at::Tensor marlin_moe(const at::Tensor& x, const at::Tensor& topk_ids, const at:
                       const at::Tensor& w13_q, const at::Tensor& w13_s, const at::Tensor& w13_gs,
                       const at::Tensor& w2_q, const at::Tensor& w2_s, const at::Tensor& w2_gs, int64_t activation,
                       int64_t inter_size, int64_t tile_index) {
-  TORCH_CHECK(x.is_cuda() && x.dim() == 2, kOp, "x must be a 2-D CUDA tensor [M, H]");
-  TORCH_CHECK(x.scalar_type() == at::kBFloat16 || x.scalar_type() == at::kHalf, kOp, "x must be bfloat16 or float16");
-  TORCH_CHECK(x.is_contiguous() && aligned16(x), kOp, "x must be contiguous and 16-byte aligned");
-  TORCH_CHECK(activation == 0 || activation == 1, kOp, "activation must be 0 (silu) or 1 (relu2)");
+  TORCH_CHECK(x.is_cuda() && x.dim() == 2, NVFP4_MOE_OP "x must be a 2-D CUDA tensor [M, H]");
+  TORCH_CHECK(x.scalar_type() == at::kBFloat16 || x.scalar_type() == at::kHalf,
+              NVFP4_MOE_OP "x must be bfloat16 or float16");
+  TORCH_CHECK(x.is_contiguous() && aligned16(x), NVFP4_MOE_OP "x must be contiguous and 16-byte aligned");
+  TORCH_CHECK(activation == 0 || activation == 1, NVFP4_MOE_OP "activation must be 0 (silu) or 1 (relu2)");
   const int64_t num_tiles = static_cast<int64_t>(marlin_moe_tile_names().size());
-  TORCH_CHECK(tile_index >= -1 && tile_index < num_tiles, kOp, "tile must be -1 (by routed rows) or in [0, ",
-              num_tiles, ")");
+  TORCH_CHECK(tile_index >= -1 && tile_index < num_tiles,
+              NVFP4_MOE_OP "tile must be -1 (by routed rows) or an index into marlin_moe_tiles()");
   const auto device = x.device();
   const int64_t m = x.size(0), hidden = x.size(1);
-  TORCH_CHECK(hidden % 16 == 0 && inter_size > 0 && inter_size % 16 == 0, kOp,
+  TORCH_CHECK(hidden % 16 == 0 && inter_size > 0 && inter_size % 16 == 0, NVFP4_MOE_OP
               "the hidden size and inter_size must be positive multiples of 16");
   TORCH_CHECK((topk_ids.scalar_type() == at::kInt || topk_ids.scalar_type() == at::kLong) && topk_ids.dim() == 2 &&
                   topk_ids.size(0) == m && topk_ids.is_contiguous() && topk_ids.device() == device,
-              kOp, "topk_ids must be contiguous int32/int64 [M, k] on x's device");
+              NVFP4_MOE_OP "topk_ids must be contiguous int32/int64 [M, k] on x's device");
   const int64_t topk = topk_ids.size(1);
-  TORCH_CHECK(topk >= 1 && topk <= kMoeMaxTopk, kOp, "top-k must be in [1, ", kMoeMaxTopk, "]");
+  TORCH_CHECK(topk >= 1 && topk <= kMoeMaxTopk, NVFP4_MOE_OP "top-k must be in [1, 64]");
   TORCH_CHECK((topk_weights.scalar_type() == at::kFloat || topk_weights.scalar_type() == x.scalar_type()) &&
                   topk_weights.sizes() == topk_ids.sizes() && topk_weights.is_contiguous() &&
                   topk_weights.device() == device,
-              kOp, "topk_weights must be contiguous float32 or x.dtype [M, k] on x's device");
+              NVFP4_MOE_OP "topk_weights must be contiguous float32 or x.dtype [M, k] on x's device");
   const bool gated = activation == 0;
   const int64_t e = w13_q.dim() == 3 ? w13_q.size(0) : -1;
-  TORCH_CHECK(e >= 1 && e <= kMoeMaxExperts, kOp, "w13_q must be an expert stack [E, ...] with 1 <= E <= ",
-              kMoeMaxExperts);
+  TORCH_CHECK(e >= 1 && e <= kMoeMaxExperts, NVFP4_MOE_OP "w13_q must be an expert stack [E, ...] with 1 <= E <= 1024");
   const int64_t n13 = gated ? 2 * inter_size : inter_size;
   check_stack(w13_q, w13_s, w13_gs, e, n13, hidden, "w13", device);
   check_stack(w2_q, w2_s, w2_gs, e, hidden, inter_size, "w2", device);
   const int64_t num_ids = m * topk;
-  TORCH_CHECK(num_ids < (int64_t{1} << 30) && hidden < (int64_t{1} << 30) && n13 < (int64_t{1} << 30), kOp,
+  TORCH_CHECK(num_ids < (int64_t{1} << 30) && hidden < (int64_t{1} << 30) && n13 < (int64_t{1} << 30), NVFP4_MOE_OP
               "sizes above 2^30 are not supported");
 
   const c10::cuda::CUDAGuard guard(device);
