@@ -10,7 +10,8 @@
 #   e2e-profile  the 32-layer decode step at b = 1, profiled: top kernels by GPU time, both models (~4 min)
 #   memcheck     compute-sanitizer memcheck over every dense config and the MoE path (scripts/memcheck_kernels.py)
 #   ncu-rows     ncu: gemv16 at M = 8 / 16 / 16 with copied rows, gemv16b at 16, gemv8b at 8 (profile_gemv_rows.py)
-#   ncu-wgmma    ncu with per-instruction stall samples (SourceCounters) of the wgmma configs at M = 64 / 256
+#   ncu-wgmma    ncu with per-instruction stall samples (SourceCounters) and the memory sections (shared-memory
+#                bank conflicts, L1/L2 hit rates) of the wgmma configs at M = 64 / 256
 #                (PROBLEMS: profile_gemm.py problems); SASS source page $OUT/ncu_src.csv, phases by ncu_phases.py
 #   tactics      every GEMM tactic on SHAPES (NxK,...) at MS (M,...) (benchmarks/bench_tactics.py)
 #   moe          every MoE tactic, auto and BF16 grouped_mm on the Mixtral and Qwen3-MoE layers (~2 min)
@@ -58,11 +59,12 @@ if [[ " $steps " == *" ncu-wgmma "* ]]; then
   problems=${PROBLEMS:-4096x4096x256:wg128x256w4,4096x4096x256:wg256x128,28672x8192x64:wg64x512,8192x8192x256:wg128x256,4096x4096x256:cublas}
   timeout 300 ncu --clock-control none -k regex:'marlin_wgmma|nvjet|sm90' \
     --section SpeedOfLight --section WarpStateStats --section SchedulerStats --section LaunchStats \
-    --section Occupancy --section ComputeWorkloadAnalysis --section SourceCounters -o "$OUT/wgmma" -f \
+    --section Occupancy --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis --section SourceCounters \
+    -o "$OUT/wgmma" -f \
     python3 benchmarks/profile_gemm.py --problems "$problems" > "$OUT/ncu_wgmma_run.log" 2>&1
   echo "ncu-wgmma rc=$? $(( $(date +%s) - t )) s"; tail -3 "$OUT/ncu_wgmma_run.log"
   ncu -i "$OUT/wgmma.ncu-rep" --print-summary none > "$OUT/ncu_wgmma.log" 2>&1
-  grep -E "marlin|nvjet|Duration|SM Busy|Issue Slots|Stall|Throughput|Executed Ipc|Registers|Warp Cycles" \
+  grep -E "marlin|nvjet|Duration|SM Busy|Issue Slots|Stall|Throughput|Executed Ipc|Registers|Warp Cycles|Bank|Hit" \
     "$OUT/ncu_wgmma.log" | head -120
   ncu -i "$OUT/wgmma.ncu-rep" --page source --csv --print-source sass > "$OUT/ncu_src.csv" 2>&1
   echo "source page rc=$? $(wc -l < "$OUT/ncu_src.csv") lines"
