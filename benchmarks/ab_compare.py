@@ -53,8 +53,8 @@ def compare(paths: list[str], top: int) -> list[str]:
             return f"{label:34}" + "".join(f"{t:>{width}.2f}" for t in times) + f"{ratio:>12.3f}"
 
         lines.append(line("auto", [us(r, "auto_us") for r in rows]))
-        lines.append(f"{'  auto choice':34}" + "".join(f"{(r or {}).get('auto_choice', '-').removeprefix('marlin.'):>{width}}"
-                                            for r in rows))
+        picks = [(r or {}).get("auto_choice", "-").removeprefix("marlin.") for r in rows]
+        lines.append(f"{'  auto choice':34}" + "".join(f"{p:>{width}}" for p in picks))
         ranked = sorted(columns, key=lambda c: min((us(r, c) for r in rows if not math.isnan(us(r, c))),
                                                    default=math.inf))
         lines += [line(c.removesuffix("_us").removeprefix("marlin."), [us(r, c) for r in rows]) for c in ranked[:top]]

@@ -3,7 +3,7 @@
 Builds a small C++ extension (torch.utils.cpp_extension.load_inline, the compiler setup.py uses for csrc/*.cpp)
 with one function per message form, then calls each in a fresh interpreter and prints how it ended: RAISED
 (RuntimeError with the message) or DIED (the exit status). Context lines: compiler, libstdc++ mapped, torch ABI.
-Background: docs/kernels.md, "A crash, fixed"."""
+Results and background: docs/kernels.md, "Twelfth session"."""
 from __future__ import annotations
 
 import os

@@ -52,8 +52,9 @@ at::Tensor marlin_gemm(const at::Tensor& x, const at::Tensor& qweight, const at:
   TORCH_CHECK(x.size(0) <= (int64_t{1} << 30) && size_n < (int64_t{1} << 30) && size_k < (int64_t{1} << 30),
               "nvfp4_C::marlin_gemm: sizes above 2^30 are not supported");
   const int64_t num_configs = static_cast<int64_t>(marlin_gemm_config_names().size());
-  // A literal message: on the device machine (torch 2.11.0+cu130) a TORCH_CHECK with formatted arguments here
-  // crashed the process (SIGSEGV) instead of raising; cause not established (docs/kernels.md).
+  // A literal message: on the device machine (torch 2.11.0+cu130, g++ 13.3) formatting a number through
+  // std::ostream, as a message with several parts does, kills the process (SIGSEGV) instead of raising
+  // (scripts/probe_torch_check.py; docs/kernels.md "Twelfth session"). tests/test_csrc_checks.py keeps it so.
   TORCH_CHECK(config == -1 || (config >= 0 && config < 2 * kConfigFitClusters && config % kConfigFitClusters < num_configs),
               "nvfp4_C::marlin_gemm: config must be -1 (by M) or an index of marlin_gemm_configs(), optionally "
               "| marlin_gemm_fit_clusters_flag()");

@@ -14,9 +14,8 @@ namespace nvfp4 {
 namespace {
 
 // Every check message is one string: literals concatenated at compile time (NVFP4_MOE_OP "..."), or one
-// std::string. On the device machine (torch 2.11.0+cu130) a TORCH_CHECK whose message has several parts, formatted
-// by c10::str, killed the process instead of raising (docs/kernels.md, "A crash, fixed");
-// tests/gpu/test_cpp_checks.py covers these.
+// std::string. A message in several parts is joined through std::ostream, and formatting a number that way kills
+// the process on the device machine instead of raising (see gemm.cpp); tests/gpu/test_cpp_checks.py covers these.
 #define NVFP4_MOE_OP "nvfp4_C::marlin_moe: "
 static_assert(kMoeMaxTopk == 64 && kMoeMaxExperts == 1024, "the top-k and expert-count messages state the limits");
 
@@ -64,8 +63,8 @@ at::Tensor marlin_moe(const at::Tensor& x, const at::Tensor& topk_ids, const at:
               NVFP4_MOE_OP "tile must be -1 (by routed rows) or an index into marlin_moe_tiles()");
   const auto device = x.device();
   const int64_t m = x.size(0), hidden = x.size(1);
-  TORCH_CHECK(hidden % 16 == 0 && inter_size > 0 && inter_size % 16 == 0, NVFP4_MOE_OP
-              "the hidden size and inter_size must be positive multiples of 16");
+  TORCH_CHECK(hidden % 16 == 0 && inter_size > 0 && inter_size % 16 == 0,
+              NVFP4_MOE_OP "the hidden size and inter_size must be positive multiples of 16");
   TORCH_CHECK((topk_ids.scalar_type() == at::kInt || topk_ids.scalar_type() == at::kLong) && topk_ids.dim() == 2 &&
                   topk_ids.size(0) == m && topk_ids.is_contiguous() && topk_ids.device() == device,
               NVFP4_MOE_OP "topk_ids must be contiguous int32/int64 [M, k] on x's device");
@@ -77,13 +76,14 @@ at::Tensor marlin_moe(const at::Tensor& x, const at::Tensor& topk_ids, const at:
               NVFP4_MOE_OP "topk_weights must be contiguous float32 or x.dtype [M, k] on x's device");
   const bool gated = activation == 0;
   const int64_t e = w13_q.dim() == 3 ? w13_q.size(0) : -1;
-  TORCH_CHECK(e >= 1 && e <= kMoeMaxExperts, NVFP4_MOE_OP "w13_q must be an expert stack [E, ...] with 1 <= E <= 1024");
+  TORCH_CHECK(e >= 1 && e <= kMoeMaxExperts,
+              NVFP4_MOE_OP "w13_q must be an expert stack [E, ...] with 1 <= E <= 1024");
   const int64_t n13 = gated ? 2 * inter_size : inter_size;
   check_stack(w13_q, w13_s, w13_gs, e, n13, hidden, "w13", device);
   check_stack(w2_q, w2_s, w2_gs, e, hidden, inter_size, "w2", device);
   const int64_t num_ids = m * topk;
-  TORCH_CHECK(num_ids < (int64_t{1} << 30) && hidden < (int64_t{1} << 30) && n13 < (int64_t{1} << 30), NVFP4_MOE_OP
-              "sizes above 2^30 are not supported");
+  TORCH_CHECK(num_ids < (int64_t{1} << 30) && hidden < (int64_t{1} << 30) && n13 < (int64_t{1} << 30),
+              NVFP4_MOE_OP "sizes above 2^30 are not supported");
 
   const c10::cuda::CUDAGuard guard(device);
   at::Tensor out = at::empty({m, hidden}, x.options());
