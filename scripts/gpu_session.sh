@@ -14,6 +14,7 @@
 #                bank conflicts, L1/L2 hit rates) of the wgmma configs at M = 64 / 256
 #                (PROBLEMS: profile_gemm.py problems); SASS source page $OUT/ncu_src.csv, phases by ncu_phases.py
 #   tactics      every GEMM tactic on SHAPES (NxK,...) at MS (M,...) (benchmarks/bench_tactics.py)
+#   wgmma-ceiling  the register-A wgmma pattern of the wgmma kernel alone, n64 .. n256 (benchmarks/wgmma_ceiling.py)
 #   moe          every MoE tactic, auto and BF16 grouped_mm on the Mixtral and Qwen3-MoE layers (~2 min)
 # A device call runs at most 10 minutes: e2e and e2e-batches go in separate calls.
 set -uo pipefail
@@ -86,6 +87,11 @@ if [[ " $steps " == *" decode "* ]]; then
 fi
 if [[ " $steps " == *" tactics "* ]]; then
   run_tactics tactics "${SHAPES:-4096x4096,8192x8192}" "${MS:-64,256}" 300 30
+fi
+if [[ " $steps " == *" wgmma-ceiling "* ]]; then
+  t=$(date +%s)
+  timeout 240 python3 benchmarks/wgmma_ceiling.py > "$OUT/wgmma_ceiling.log" 2>&1
+  echo "wgmma-ceiling rc=$? $(( $(date +%s) - t )) s"; tail -12 "$OUT/wgmma_ceiling.log"
 fi
 if [[ " $steps " == *" splitk "* ]]; then
   t=$(date +%s)

@@ -1,0 +1,190 @@
+"""Tensor-pipe ceiling of the wgmma form the W4A16 kernel uses, without the kernel around it.
+
+The wgmma kernel (csrc/marlin/wgmma_kernel.cuh) computes C^T = W X^T with `wgmma.m64nNk16` whose A operand (64
+weight columns) comes from registers and whose B operand (N = rows of x) comes from shared memory; per k16 step a
+warpgroup issues FRAGS of them as one group, commits, and waits until only that group is in flight. At M = 64
+(N = 64) wg64x512 spends 397 cycles per k16 step against 256 of tensor work (docs/kernels.md "Eleventh session"),
+and removing a fifth of its ALU work did not change its time ("Twelfth session"). This measures the same
+instruction pattern with nothing else in the loop: no loads, no dequantization (or, with `touch`, one dependent
+ALU op per A register per step, as a dequantized fragment would be written), one warpgroup-synchronous group of
+FRAGS MMAs per step, `wait_group 1`, on every SM.
+
+If the n64 cases reach about the n256 rate, the tensor pipe is not what caps wg64x512; if they stay near 64% of
+it, the M = 64 kernel needs another operand split (x as A, weights as B with N = 256), not less ALU work.
+
+    python3 benchmarks/wgmma_ceiling.py        (needs an sm_90 GPU and nvcc; builds with torch's cpp_extension)
+
+Prints per case: TFLOP/s over all SMs, the share of the n256 case, and cycles per k16 step per SM sub-partition
+(clock64 in the kernel, averaged over CTAs), against the tensor cycles the step holds at full rate.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# (name, N, FRAGS, warpgroups per CTA, CTAs per SM, touch A, wait_group depth)
+CASES = [
+    ("n256 f1 wg2 (reference)", 256, 1, 2, 1, False, 1),
+    ("n128 f2 wg2", 128, 2, 2, 1, False, 1),
+    ("n64 f4 wg2 (wg64x512)", 64, 4, 2, 1, False, 1),
+    ("n64 f4 wg2, touch A", 64, 4, 2, 1, True, 1),
+    ("n64 f4 wg2, wait 0", 64, 4, 2, 1, False, 0),
+    ("n64 f2 wg2 x2 CTAs (wg64x256)", 64, 2, 2, 2, False, 1),
+    ("n64 f1 wg2 x2 CTAs (wg64x128)", 64, 1, 2, 2, False, 1),
+    ("n64 f2 wg4 (16 warps)", 64, 2, 4, 1, False, 1),
+]
+
+SOURCE = r"""
+#include <torch/extension.h>
+#include <c10/cuda/CUDAStream.h>
+#include "marlin/wgmma.cuh"
+
+namespace nvfp4 {
+
+// B tile: N rows of 64 bf16 (one 128-byte swizzled row each); every k16 step reads its 32-byte column slice.
+template <int N, int FRAGS, int WG, bool TOUCH, int DEPTH>
+__global__ void __launch_bounds__(128 * WG) wgmma_ceiling_kernel(float* out, int64_t* cycles, int steps) {
+  extern __shared__ uint8_t smem_raw[];
+  uint8_t* smem = swizzle_atom_aligned(smem_raw);
+  auto* b = reinterpret_cast<__nv_bfloat16*>(smem);
+  for (int i = threadIdx.x; i < N * 64; i += blockDim.x)  // small varied values: no zeros, no overflow
+    b[i] = __float2bfloat16(0.0625f + 0.001f * static_cast<float>((i * 37 + blockIdx.x) % 61));
+  fence_proxy_async_shared();
+  __syncthreads();
+  uint32_t a_src[FRAGS][4], a_running[FRAGS][4] = {};
+#pragma unroll
+  for (int j = 0; j < FRAGS; ++j)
+#pragma unroll
+    for (int r = 0; r < 4; ++r) a_src[j][r] = 0x3D003D00u + ((threadIdx.x * 13 + j * 5 + r) % 97) * 0x00010001u;
+  float acc[FRAGS][N / 2];
+#pragma unroll
+  for (int j = 0; j < FRAGS; ++j)
+#pragma unroll
+    for (int i = 0; i < N / 2; ++i) acc[j][i] = 0.0f;
+  const uint64_t desc0 = sw128_kmajor_desc(smem_addr(smem));
+  __syncthreads();
+  const long long t0 = clock64();
+  for (int s = 0; s < steps; ++s) {
+    // The kernel's register discipline: this step's A fragments in fresh registers, the previous step's kept
+    // alive (a_running) until the wait says its MMAs are done.
+    uint32_t a[FRAGS][4];
+#pragma unroll
+    for (int j = 0; j < FRAGS; ++j)
+#pragma unroll
+      for (int r = 0; r < 4; ++r)  // touch: one dependent ALU op per register, as a dequantized fragment is written
+        a[j][r] = TOUCH ? a_src[j][r] ^ (static_cast<uint32_t>(s & 1) * 0x00010001u) : a_src[j][r];
+    wgmma_fence();
+    const uint64_t desc = desc0 + 2 * (s & 3);
+#pragma unroll
+    for (int j = 0; j < FRAGS; ++j) wgmma_rs<__nv_bfloat16, N>(acc[j], a[j], desc);
+    wgmma_commit();
+    wgmma_wait<DEPTH>();
+#pragma unroll
+    for (int j = 0; j < FRAGS; ++j) {
+      fence_fragment(a_running[j]);
+#pragma unroll
+      for (int r = 0; r < 4; ++r) a_running[j][r] = a[j][r];
+    }
+  }
+  wgmma_wait<0>();
+  const long long t1 = clock64();
+  float sum = 0.0f;
+#pragma unroll
+  for (int j = 0; j < FRAGS; ++j) {
+    fence_fragment(a_running[j]);
+    fence_accumulators(acc[j]);
+#pragma unroll
+    for (int i = 0; i < N / 2; ++i) sum += acc[j][i];
+  }
+  out[blockIdx.x * blockDim.x + threadIdx.x] = sum;  // keeps the MMAs live
+  if (threadIdx.x == 0) cycles[blockIdx.x] = t1 - t0;
+}
+
+template <int N, int FRAGS, int WG, bool TOUCH, int DEPTH>
+void launch(at::Tensor out, at::Tensor cycles, int64_t blocks, int64_t steps) {
+  auto kernel = wgmma_ceiling_kernel<N, FRAGS, WG, TOUCH, DEPTH>;
+  const int smem = N * 128 + 1024;
+  cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+  kernel<<<blocks, 128 * WG, smem, c10::cuda::getCurrentCUDAStream()>>>(out.data_ptr<float>(),
+                                                                        cycles.data_ptr<int64_t>(), steps);
+}
+
+}  // namespace nvfp4
+
+// case index -> instantiation; the order of benchmarks/wgmma_ceiling.py CASES.
+void run_case(int64_t index, at::Tensor out, at::Tensor cycles, int64_t blocks, int64_t steps) {
+  using namespace nvfp4;
+  switch (index) {
+    case 0: launch<256, 1, 2, false, 1>(out, cycles, blocks, steps); break;
+    case 1: launch<128, 2, 2, false, 1>(out, cycles, blocks, steps); break;
+    case 2: launch<64, 4, 2, false, 1>(out, cycles, blocks, steps); break;
+    case 3: launch<64, 4, 2, true, 1>(out, cycles, blocks, steps); break;
+    case 4: launch<64, 4, 2, false, 0>(out, cycles, blocks, steps); break;
+    case 5: launch<64, 2, 2, false, 1>(out, cycles, blocks, steps); break;
+    case 6: launch<64, 1, 2, false, 1>(out, cycles, blocks, steps); break;
+    case 7: launch<64, 2, 4, false, 1>(out, cycles, blocks, steps); break;
+    default: TORCH_CHECK(false, "wgmma_ceiling: no such case");
+  }
+}
+"""
+
+
+def build():
+    from torch.utils.cpp_extension import load_inline
+
+    declaration = "void run_case(int64_t index, at::Tensor out, at::Tensor cycles, int64_t blocks, int64_t steps);"
+    return load_inline("wgmma_ceiling", cpp_sources=declaration, cuda_sources=SOURCE, functions=["run_case"],
+                       extra_include_paths=[os.path.join(ROOT, "csrc")],
+                       extra_cuda_cflags=["-O3", "-gencode=arch=compute_90a,code=sm_90a", "--expt-relaxed-constexpr",
+                                          "-Xptxas=-warn-spills"])
+
+
+def measure(module, index: int, ctas_per_sm: int, warpgroups: int, steps: int, reps: int) -> tuple[float, float]:
+    """(median ms of one launch over every SM, mean clock64 cycles per step of a CTA)."""
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    blocks = sms * ctas_per_sm
+    out = torch.empty(blocks * 128 * warpgroups, device="cuda")
+    cycles = torch.empty(blocks, dtype=torch.int64, device="cuda")
+    module.run_case(index, out, cycles, blocks, steps)  # warm-up (and clocks up)
+    times = []
+    for _ in range(reps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        module.run_case(index, out, cycles, blocks, steps)
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    assert torch.isfinite(out).all(), "non-finite accumulators: the MMAs did not run as intended"
+    return statistics.median(times), cycles.double().mean().item() / steps
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=20000, help="k16 steps per warpgroup (default 20000)")
+    parser.add_argument("--reps", type=int, default=10)
+    args = parser.parse_args()
+    props = torch.cuda.get_device_properties(0)
+    print(f"device: {props.name} ({props.multi_processor_count} SMs), torch {torch.__version__}")
+    module = build()
+    rows, reference = [], None
+    for index, (name, n, frags, wg, ctas, _touch, _depth) in enumerate(CASES):
+        ms, cycles_per_step = measure(module, index, ctas, wg, args.steps, args.reps)
+        flop = props.multi_processor_count * ctas * wg * args.steps * frags * 64 * n * 16 * 2
+        tflops = flop / (ms * 1e-3) / 1e12
+        reference = reference or tflops
+        # Tensor cycles of one step per sub-partition at full rate: each of a warpgroup's 4 warps runs an
+        # m16nNk16 slice on its own sub-partition at 512 dense bf16 FMA per clock (989 TFLOP/s at 1.83 GHz, 132 SMs).
+        full_rate = ctas * wg * frags * 16 * n * 16 / 512
+        rows.append((name, ms, tflops, tflops / reference, cycles_per_step, full_rate))
+    print(f"{'case':34} {'ms':>8} {'TFLOP/s':>9} {'of n256':>8} {'cycles/step':>12} {'full-rate cycles':>17}")
+    for name, ms, tflops, share, cycles_per_step, full_rate in rows:
+        print(f"{name:34} {ms:8.3f} {tflops:9.1f} {share:8.2f} {cycles_per_step:12.1f} {full_rate:17.1f}")
+
+
+if __name__ == "__main__":
+    main()
