@@ -58,7 +58,8 @@ fi
 if [[ " $steps " == *" ncu-wgmma "* ]]; then
   t=$(date +%s)
   problems=${PROBLEMS:-4096x4096x256:wg128x256w4,4096x4096x256:wg256x128,28672x8192x64:wg64x512,8192x8192x256:wg128x256,4096x4096x256:cublas}
-  timeout 300 ncu --clock-control none -k regex:'marlin_wgmma|nvjet|sm90' \
+  # KERNELS: ncu's kernel regex, e.g. 'marlin_gemv|nvjet|sm90' for PROBLEMS=4096x4096x1:gemv8b,4096x4096x1:cublas
+  timeout 300 ncu --clock-control none -k regex:"${KERNELS:-marlin_wgmma|nvjet|sm90}" \
     --section SpeedOfLight --section WarpStateStats --section SchedulerStats --section LaunchStats \
     --section Occupancy --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis --section SourceCounters \
     -o "$OUT/wgmma" -f \
