@@ -27,7 +27,8 @@ import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# (name, N, FRAGS, warpgroups per CTA, CTAs per SM, touch A, wait_group depth)
+# (name, N, FRAGS, warpgroups per CTA, CTAs per SM, touch A, wait_group depth); build() instantiates the kernel
+# for each case from this list.
 CASES = [
     ("n256 f1 wg2 (reference)", 256, 1, 2, 1, False, 1),
     ("n128 f2 wg2", 128, 2, 2, 1, False, 1),
@@ -116,18 +117,11 @@ void launch(at::Tensor out, at::Tensor cycles, int64_t blocks, int64_t steps) {
 
 }  // namespace nvfp4
 
-// case index -> instantiation; the order of benchmarks/wgmma_ceiling.py CASES.
+// case index -> instantiation (the cases of CASES, generated below).
 void run_case(int64_t index, at::Tensor out, at::Tensor cycles, int64_t blocks, int64_t steps) {
   using namespace nvfp4;
   switch (index) {
-    case 0: launch<256, 1, 2, false, 1>(out, cycles, blocks, steps); break;
-    case 1: launch<128, 2, 2, false, 1>(out, cycles, blocks, steps); break;
-    case 2: launch<64, 4, 2, false, 1>(out, cycles, blocks, steps); break;
-    case 3: launch<64, 4, 2, true, 1>(out, cycles, blocks, steps); break;
-    case 4: launch<64, 4, 2, false, 0>(out, cycles, blocks, steps); break;
-    case 5: launch<64, 2, 2, false, 1>(out, cycles, blocks, steps); break;
-    case 6: launch<64, 1, 2, false, 1>(out, cycles, blocks, steps); break;
-    case 7: launch<64, 2, 4, false, 1>(out, cycles, blocks, steps); break;
+@CASES@
     default: TORCH_CHECK(false, "wgmma_ceiling: no such case");
   }
 }
@@ -137,8 +131,13 @@ void run_case(int64_t index, at::Tensor out, at::Tensor cycles, int64_t blocks, 
 def build():
     from torch.utils.cpp_extension import load_inline
 
+    cases = "\n".join(
+        f"    case {i}: launch<{n}, {frags}, {wg}, {str(touch).lower()}, {depth}>(out, cycles, blocks, steps); break;"
+        for i, (_, n, frags, wg, _ctas, touch, depth) in enumerate(CASES))
+
     declaration = "void run_case(int64_t index, at::Tensor out, at::Tensor cycles, int64_t blocks, int64_t steps);"
-    return load_inline("wgmma_ceiling", cpp_sources=declaration, cuda_sources=SOURCE, functions=["run_case"],
+    return load_inline("wgmma_ceiling", cpp_sources=declaration, cuda_sources=SOURCE.replace("@CASES@", cases),
+                       functions=["run_case"],
                        extra_include_paths=[os.path.join(ROOT, "csrc")],
                        extra_cuda_cflags=["-O3", "-gencode=arch=compute_90a,code=sm_90a", "--expt-relaxed-constexpr",
                                           "-Xptxas=-warn-spills"])
