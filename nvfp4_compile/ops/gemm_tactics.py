@@ -2,8 +2,8 @@
 
     marlin.<config>  the W4A16 kernel with one tile config forced (nvfp4_C.marlin_gemm(..., config=i));
                      configs and their names come from the extension (nvfp4_C.marlin_gemm_configs())
-    marlin.wg*.fit   a wgmma config whose K splits stay in clusters that all fit at once (fewer splits rather
-                     than the FP32 workspace; nvfp4_C.marlin_gemm_fit_clusters_flag())
+    marlin.<config>.fit  a wgmma or decode config whose K splits stay in clusters that all fit at once (fewer
+                     splits rather than the FP32 workspace; nvfp4_C.marlin_gemm_fit_clusters_flag())
     dequant          the weight dequantized to x.dtype from the Marlin layout (nvfp4_C.marlin_dequantize,
                      exactly formats.marlin.marlin_dequantize) + F.linear (cuBLAS): wins at large M
     marlin           the fallback: the kernel choosing its config by M (what gemm="marlin" runs)
@@ -44,6 +44,12 @@ def dequantize_weight(qweight, scales, global_scale, size_n: int, size_k: int, d
 # rows of x (csrc/marlin/gemv_kernel.cuh), so it is not profiled for larger M buckets (a prefill-sized M would
 # stream the weight hundreds of times just to be rejected).
 CONFIG_MAX_M = {"gemv8": 8, "gemv16": 16, "sw16x512": 16, "gemv16b": 16, "gemv8b": 8}
+
+# Configs that also run as a `.fit` tactic: the wgmma configs (prefill) and the decode configs, whose K splits
+# often overflow the resident clusters on small layers (4096 x 4096: 32 tiles x 8 splits against 30 clusters of 8)
+# and then go through the FP32 workspace and a last-CTA sum. The mma.sync configs are not profiled twice: on
+# Hopper the wgmma configs win where they would apply.
+FIT_CONFIG_PREFIXES = ("wg", "gemv", "sw")
 
 
 def _marlin_tactic(name: str, config: int, max_m: int | None = None) -> Tactic:
@@ -92,10 +98,11 @@ def tactic_set() -> TacticSet:
         raise RuntimeError(f"nvfp4_compile: GEMM tactics need the CUDA extension ({_C.LOAD_ERROR or 'not built'})")
     configs = list(torch.ops.nvfp4_C.marlin_gemm_configs())
     tactics = [_marlin_tactic(f"marlin.{name}", i, CONFIG_MAX_M.get(name)) for i, name in enumerate(configs)]
-    # The wgmma configs once more with K split only as finely as their clusters all fit on the GPU (csrc/marlin/
+    # Those configs once more with K split only as finely as their clusters all fit on the GPU (csrc/marlin/
     # marlin.h kConfigFitClusters): fewer splits against the workspace path, which wins depends on the shape.
     fit = torch.ops.nvfp4_C.marlin_gemm_fit_clusters_flag()
-    tactics += [_marlin_tactic(f"marlin.{name}.fit", i | fit) for i, name in enumerate(configs) if name.startswith("wg")]
+    tactics += [_marlin_tactic(f"marlin.{name}.fit", i | fit, CONFIG_MAX_M.get(name))
+                for i, name in enumerate(configs) if name.startswith(FIT_CONFIG_PREFIXES)]
     tactics.append(Tactic("dequant", _dequant_linear))
     return TacticSet("marlin_gemm", tuple(tactics), fallback=_marlin_tactic("marlin", -1), build=extension_build_id())
 

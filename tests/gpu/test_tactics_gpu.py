@@ -49,11 +49,15 @@ def rel_err(out, ref):
 
 
 def test_tactic_set_lists_every_kernel_config_and_dequant():
-    """Every config, each wgmma config once more with its splits fitted to resident clusters, then dequant."""
+    """Every config, each wgmma and decode config once more with its splits fitted to resident clusters (the
+    decode ones only for the M they are built for), then dequant."""
     ts = gemm_tactics.tactic_set()
     configs = list(torch.ops.nvfp4_C.marlin_gemm_configs())
-    fitted = (f"marlin.{c}.fit" for c in configs if c.startswith("wg"))
+    fitted = [f"marlin.{c}.fit" for c in configs if c.startswith(gemm_tactics.FIT_CONFIG_PREFIXES)]
+    assert {"marlin.gemv8b.fit", "marlin.wg64x512.fit"} <= set(fitted)
     assert ts.names == (*(f"marlin.{c}" for c in configs), *fitted, "dequant") and ts.fallback.name == "marlin"
+    large_m = gemm_tactics.ProblemKey("dev", 4096, 4096, 256, "bf16")
+    assert not ts.get("marlin.gemv8b.fit").applies(large_m) and ts.get("marlin.wg64x512.fit").applies(large_m)
     assert len(ts.build) == 16 and ts.signature
 
 
