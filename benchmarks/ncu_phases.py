@@ -48,6 +48,12 @@ def main_loop(rows) -> tuple[int, int] | None:
     return max(barrier - 15, 0), end
 
 
+def opcode(row: dict) -> str:
+    """SASS opcode without its predicate and modifiers; WARPGROUP keeps its kind (ARRIVE, or DEPBAR: the wgmma wait)."""
+    parts = re.sub(r"^@!?U?P\w+\s+", "", row["Source"].strip()).split()[0].split(".")
+    return ".".join(parts[:2]) if parts[0] == "WARPGROUP" else parts[0]
+
+
 def report(name: str, rows) -> None:
     if not any("HGMMA" in r["Source"] for r in rows):
         return
@@ -68,14 +74,21 @@ def report(name: str, rows) -> None:
                 reasons[key[6:]] += float(value or 0)
     loop_total = sum(reasons.values()) or 1.0
     print("  main-loop stalls: " + " ".join(f"{k} {v / loop_total * 100:.0f}%" for k, v in reasons.most_common(9)))
+    # Which instructions the warps stall at: on the dequantization (ALU), or on the wgmma wait (the tensor pipe).
+    by_opcode = collections.Counter()
+    for row in rows[begin:end + 1]:
+        by_opcode[opcode(row)] += number(row, SAMPLES)
+    loop_samples = sum(by_opcode.values()) or 1.0
+    print("  main-loop samples by opcode: " + " ".join(f"{k} {v / loop_samples * 100:.1f}%"
+                                                      for k, v in by_opcode.most_common(10))
+          + f" (WARPGROUP.DEPBAR {by_opcode['WARPGROUP.DEPBAR'] / loop_samples * 100:.1f}%)")
     per_pass = number(rows[next(i for i in range(begin, end + 1) if "HGMMA" in rows[i]["Source"])],
                       "Instructions Executed")
     ops = collections.Counter()
     for row in rows[begin:end + 1]:
         executed = number(row, "Instructions Executed")
         if per_pass and executed >= 0.8 * per_pass:  # runs once per pass (not the rarely taken branches)
-            opcode = re.sub(r"^@!?U?P\w+\s+", "", row["Source"].strip()).split()[0].split(".")[0]
-            ops[opcode] += executed / per_pass
+            ops[opcode(row).split(".")[0]] += executed / per_pass
     print(f"  per main-loop pass: {sum(ops.values()):.0f} instructions: "
           + " ".join(f"{k} {v:.1f}" for k, v in ops.most_common(14)))
 

@@ -45,6 +45,9 @@ def test_phases_split_samples_and_count_the_loop(capsys):
     prologue, loop, tail = 5, 15 + 4 + 4 + 2 + 100 + 1, 90
     assert f"prologue {prologue / total:.2f}  main loop {loop / total:.2f}  end {tail / total:.2f}" in out
     assert "main-loop stalls: math 96% barrier 4%" in out
+    # where the loop's 126 samples sit: 100 on LOP3, 15 on the MOVs before the barrier, 2 on the wgmma wait
+    assert ("main-loop samples by opcode: LOP3 79.4% MOV 11.9% BAR 3.2% HGMMA 3.2% WARPGROUP.DEPBAR 1.6% BRA 0.8% "
+            "(WARPGROUP.DEPBAR 1.6%)") in out
     # instructions run as often as the HGMMA (10 times), per pass: 1 BAR + 2 HGMMA + 1 wait + 100 LOP3 + 1 BRA
     assert "per main-loop pass: 105 instructions: LOP3 100.0 HGMMA 2.0 BAR 1.0 WARPGROUP 1.0 BRA 1.0" in out
 
