@@ -9,8 +9,15 @@ instruction pattern with nothing else in the loop: no loads, no dequantization (
 ALU op per A register per step, as a dequantized fragment would be written), one warpgroup-synchronous group of
 FRAGS MMAs per step, `wait_group 1`, on every SM.
 
-If the n64 cases reach about the n256 rate, the tensor pipe is not what caps wg64x512; if they stay near 64% of
-it, the M = 64 kernel needs another operand split (x as A, weights as B with N = 256), not less ALU work.
+Thirteenth session (docs/kernels.md): n64 runs at the n256 rate, so the tensor pipe alone is not the cap, and in
+the kernel the warps almost never wait for their MMAs. Next question: does a register-A MMA in flight slow the
+warps' own ALU work (operand reads from the register file competing with the dequantization's)? The `alu` /
+`fma` cases add, per warp and k16 step, the kernel's dequantization volume (`alu` LOP3 on the ALU pipe, `fma`
+bf16x2 multiplies on the FMA pipe: 16 independent chains, like a step's 16 output registers), either
+independent of the MMAs or feeding their A registers (`feed`). Controls: the same load with A read from shared
+memory (`ss`, nothing read from registers by the tensor cores) and with no MMA at all (`mma` off: the ALU work's
+own time). If `n64 + load` stays near 256 cycles per step, the load overlaps and the kernel's loss is elsewhere;
+if it lands near the kernel's ~400 while the `ss` control stays near 256, the register-A operand is the cost.
 
     python3 benchmarks/wgmma_ceiling.py        (needs an sm_90 GPU and nvcc; builds with torch's cpp_extension)
 
@@ -20,6 +27,7 @@ Prints per case: TFLOP/s over all SMs, the share of the n256 case, and cycles pe
 from __future__ import annotations
 
 import argparse
+import collections
 import os
 import statistics
 
@@ -27,17 +35,23 @@ import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# (name, N, FRAGS, warpgroups per CTA, CTAs per SM, touch A, wait_group depth); build() instantiates the kernel
-# for each case from this list.
+Case = collections.namedtuple("Case", "name n frags wg ctas touch depth alu fma feed ss mma",
+                              defaults=(False, 1, 0, 0, False, False, True))
+# build() instantiates the kernel for each case of this list. alu / fma: instructions per warp per k16 step; the
+# wg64x512 main loop issues about 36 on the ALU pipe and 26 on the FMA pipe per step (ncu, thirteenth session).
 CASES = [
-    ("n256 f1 wg2 (reference)", 256, 1, 2, 1, False, 1),
-    ("n128 f2 wg2", 128, 2, 2, 1, False, 1),
-    ("n64 f4 wg2 (wg64x512)", 64, 4, 2, 1, False, 1),
-    ("n64 f4 wg2, touch A", 64, 4, 2, 1, True, 1),
-    ("n64 f4 wg2, wait 0", 64, 4, 2, 1, False, 0),
-    ("n64 f2 wg2 x2 CTAs (wg64x256)", 64, 2, 2, 2, False, 1),
-    ("n64 f1 wg2 x2 CTAs (wg64x128)", 64, 1, 2, 2, False, 1),
-    ("n64 f2 wg4 (16 warps)", 64, 2, 4, 1, False, 1),
+    Case("n256 f1 wg2 (reference)", 256, 1, 2, 1),
+    Case("n64 f4 wg2 (wg64x512)", 64, 4, 2, 1),
+    Case("n64 f4 wg2, touch A", 64, 4, 2, 1, touch=True),
+    Case("n64 f4 wg2 x2 CTAs (wg64x256)", 64, 2, 2, 2),
+    Case("load alone (no MMA)", 64, 4, 2, 1, alu=36, fma=26, mma=False),
+    Case("n64 f4 wg2 + load", 64, 4, 2, 1, alu=36, fma=26),
+    Case("n64 f4 wg2 + load feeding A", 64, 4, 2, 1, alu=36, fma=26, feed=True),
+    Case("n64 f4 wg2, A in smem + load", 64, 4, 2, 1, alu=36, fma=26, ss=True),
+    Case("n256 f1 wg2 + load", 256, 1, 2, 1, alu=36, fma=26),
+    Case("2x load alone (no MMA)", 64, 4, 2, 1, alu=72, fma=52, mma=False),
+    Case("n64 f4 wg2 + 2x load", 64, 4, 2, 1, alu=72, fma=52),
+    Case("n64 f4 wg2, A in smem + 2x load", 64, 4, 2, 1, alu=72, fma=52, ss=True),
 ]
 
 SOURCE = r"""
@@ -47,49 +61,66 @@ SOURCE = r"""
 
 namespace nvfp4 {
 
-// B tile: N rows of 64 bf16 (one 128-byte swizzled row each); every k16 step reads its 32-byte column slice.
-template <int N, int FRAGS, int WG, bool TOUCH, int DEPTH>
-__global__ void __launch_bounds__(128 * WG) wgmma_ceiling_kernel(float* out, int64_t* cycles, int steps) {
+// B tile: N rows of 64 bf16 (one 128-byte swizzled row each); every k16 step reads its 32-byte column slice. With
+// SS, a 64-row A tile of the same layout follows it and the MMAs read A from there instead of registers.
+// ALU / FMA: instructions per k16 step on 16 registers v (lop3 with k ^ k: v unchanged; bf16x2 multiply by one:
+// v unchanged, so values stay finite), before the MMAs as the kernel's dequantization; FEED: the A registers are v.
+template <int N, int FRAGS, int WG, bool TOUCH, int DEPTH, int ALU, int FMA, bool FEED, bool SS, bool MMA>
+__global__ void __launch_bounds__(128 * WG) wgmma_ceiling_kernel(float* out, int64_t* cycles, int steps,
+                                                                 uint32_t k, uint32_t one) {
   extern __shared__ uint8_t smem_raw[];
   uint8_t* smem = swizzle_atom_aligned(smem_raw);
   auto* b = reinterpret_cast<__nv_bfloat16*>(smem);
-  for (int i = threadIdx.x; i < N * 64; i += blockDim.x)  // small varied values: no zeros, no overflow
+  for (int i = threadIdx.x; i < (N + (SS ? 64 : 0)) * 64; i += blockDim.x)  // small varied values, no zeros
     b[i] = __float2bfloat16(0.0625f + 0.001f * static_cast<float>((i * 37 + blockIdx.x) % 61));
   fence_proxy_async_shared();
   __syncthreads();
-  uint32_t a_src[FRAGS][4], a_running[FRAGS][4] = {};
+  uint32_t a_src[FRAGS][4], a_running[FRAGS][4] = {}, v[16];
 #pragma unroll
   for (int j = 0; j < FRAGS; ++j)
 #pragma unroll
     for (int r = 0; r < 4; ++r) a_src[j][r] = 0x3D003D00u + ((threadIdx.x * 13 + j * 5 + r) % 97) * 0x00010001u;
+#pragma unroll
+  for (int r = 0; r < 16; ++r) v[r] = 0x3D003D00u + ((threadIdx.x * 7 + r) % 89) * 0x00010001u;
   float acc[FRAGS][N / 2];
 #pragma unroll
   for (int j = 0; j < FRAGS; ++j)
 #pragma unroll
     for (int i = 0; i < N / 2; ++i) acc[j][i] = 0.0f;
   const uint64_t desc0 = sw128_kmajor_desc(smem_addr(smem));
+  const uint64_t a_desc0 = sw128_kmajor_desc(smem_addr(smem + N * 128));
   __syncthreads();
   const long long t0 = clock64();
   for (int s = 0; s < steps; ++s) {
-    // The kernel's register discipline: this step's A fragments in fresh registers, the previous step's kept
-    // alive (a_running) until the wait says its MMAs are done.
-    uint32_t a[FRAGS][4];
 #pragma unroll
-    for (int j = 0; j < FRAGS; ++j)
+    for (int i = 0; i < ALU; ++i) asm volatile("lop3.b32 %0, %0, %1, %1, 0x96;" : "+r"(v[i % 16]) : "r"(k));
 #pragma unroll
-      for (int r = 0; r < 4; ++r)  // touch: one dependent ALU op per register, as a dequantized fragment is written
-        a[j][r] = TOUCH ? a_src[j][r] ^ (static_cast<uint32_t>(s & 1) * 0x00010001u) : a_src[j][r];
-    wgmma_fence();
-    const uint64_t desc = desc0 + 2 * (s & 3);
+    for (int i = 0; i < FMA; ++i) asm volatile("mul.rn.bf16x2 %0, %0, %1;" : "+r"(v[i % 16]) : "r"(one));
+    if constexpr (MMA) {
+      // The kernel's register discipline: this step's A fragments in fresh registers, the previous step's kept
+      // alive (a_running) until the wait says its MMAs are done.
+      uint32_t a[FRAGS][4];
 #pragma unroll
-    for (int j = 0; j < FRAGS; ++j) wgmma_rs<__nv_bfloat16, N>(acc[j], a[j], desc);
-    wgmma_commit();
-    wgmma_wait<DEPTH>();
+      for (int j = 0; j < FRAGS; ++j)
 #pragma unroll
-    for (int j = 0; j < FRAGS; ++j) {
-      fence_fragment(a_running[j]);
+        for (int r = 0; r < 4; ++r)  // touch: one dependent ALU op per register, as a dequantized fragment
+          a[j][r] = FEED ? v[(4 * j + r) % 16]
+                         : TOUCH ? a_src[j][r] ^ (static_cast<uint32_t>(s & 1) * 0x00010001u) : a_src[j][r];
+      wgmma_fence();
+      const uint64_t desc = desc0 + 2 * (s & 3);
 #pragma unroll
-      for (int r = 0; r < 4; ++r) a_running[j][r] = a[j][r];
+      for (int j = 0; j < FRAGS; ++j) {
+        if constexpr (SS) wgmma_ss<__nv_bfloat16, N>(acc[j], a_desc0 + 2 * (s & 3), desc);
+        else wgmma_rs<__nv_bfloat16, N>(acc[j], a[j], desc);
+      }
+      wgmma_commit();
+      wgmma_wait<DEPTH>();
+#pragma unroll
+      for (int j = 0; j < FRAGS; ++j) {
+        fence_fragment(a_running[j]);
+#pragma unroll
+        for (int r = 0; r < 4; ++r) a_running[j][r] = a[j][r];
+      }
     }
   }
   wgmma_wait<0>();
@@ -102,17 +133,19 @@ __global__ void __launch_bounds__(128 * WG) wgmma_ceiling_kernel(float* out, int
 #pragma unroll
     for (int i = 0; i < N / 2; ++i) sum += acc[j][i];
   }
+#pragma unroll
+  for (int r = 0; r < 16; ++r) sum += static_cast<float>(v[r] & 1);  // keeps the load live
   out[blockIdx.x * blockDim.x + threadIdx.x] = sum;  // keeps the MMAs live
   if (threadIdx.x == 0) cycles[blockIdx.x] = t1 - t0;
 }
 
-template <int N, int FRAGS, int WG, bool TOUCH, int DEPTH>
+template <int N, int FRAGS, int WG, bool TOUCH, int DEPTH, int ALU, int FMA, bool FEED, bool SS, bool MMA>
 void launch(at::Tensor out, at::Tensor cycles, int64_t blocks, int64_t steps) {
-  auto kernel = wgmma_ceiling_kernel<N, FRAGS, WG, TOUCH, DEPTH>;
-  const int smem = N * 128 + 1024;
+  auto kernel = wgmma_ceiling_kernel<N, FRAGS, WG, TOUCH, DEPTH, ALU, FMA, FEED, SS, MMA>;
+  const int smem = (N + (SS ? 64 : 0)) * 128 + 1024;
   cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
-  kernel<<<blocks, 128 * WG, smem, c10::cuda::getCurrentCUDAStream()>>>(out.data_ptr<float>(),
-                                                                        cycles.data_ptr<int64_t>(), steps);
+  kernel<<<blocks, 128 * WG, smem, c10::cuda::getCurrentCUDAStream()>>>(
+      out.data_ptr<float>(), cycles.data_ptr<int64_t>(), steps, 0x5A5A1234u, 0x3F803F80u);  // k, bf16x2 ones
 }
 
 }  // namespace nvfp4
@@ -131,9 +164,13 @@ void run_case(int64_t index, at::Tensor out, at::Tensor cycles, int64_t blocks, 
 def build():
     from torch.utils.cpp_extension import load_inline
 
+    def flag(value: bool) -> str:
+        return str(value).lower()
+
     cases = "\n".join(
-        f"    case {i}: launch<{n}, {frags}, {wg}, {str(touch).lower()}, {depth}>(out, cycles, blocks, steps); break;"
-        for i, (_, n, frags, wg, _ctas, touch, depth) in enumerate(CASES))
+        f"    case {i}: launch<{c.n}, {c.frags}, {c.wg}, {flag(c.touch)}, {c.depth}, {c.alu}, {c.fma}, {flag(c.feed)}, "
+        f"{flag(c.ss)}, {flag(c.mma)}>(out, cycles, blocks, steps); break;"
+        for i, c in enumerate(CASES))
 
     declaration = "void run_case(int64_t index, at::Tensor out, at::Tensor cycles, int64_t blocks, int64_t steps);"
     return load_inline("wgmma_ceiling", cpp_sources=declaration, cuda_sources=SOURCE.replace("@CASES@", cases),
@@ -171,14 +208,15 @@ def main() -> None:
     print(f"device: {props.name} ({props.multi_processor_count} SMs), torch {torch.__version__}")
     module = build()
     rows, reference = [], None
-    for index, (name, n, frags, wg, ctas, _touch, _depth) in enumerate(CASES):
+    for index, c in enumerate(CASES):
+        name, n, frags, wg, ctas = c.name, c.n, c.frags, c.wg, c.ctas
         ms, cycles_per_step = measure(module, index, ctas, wg, args.steps, args.reps)
-        flop = props.multi_processor_count * ctas * wg * args.steps * frags * 64 * n * 16 * 2
+        flop = props.multi_processor_count * ctas * wg * args.steps * frags * 64 * n * 16 * 2 if c.mma else 0
         tflops = flop / (ms * 1e-3) / 1e12
         reference = reference or tflops
         # Tensor cycles of one step per sub-partition at full rate: each of a warpgroup's 4 warps runs an
         # m16nNk16 slice on its own sub-partition at 512 dense bf16 FMA per clock (989 TFLOP/s at 1.83 GHz, 132 SMs).
-        full_rate = ctas * wg * frags * 16 * n * 16 / 512
+        full_rate = ctas * wg * frags * 16 * n * 16 / 512 if c.mma else 0.0
         rows.append((name, ms, tflops, tflops / reference, cycles_per_step, full_rate))
     print(f"{'case':34} {'ms':>8} {'TFLOP/s':>9} {'of n256':>8} {'cycles/step':>12} {'full-rate cycles':>17}")
     for name, ms, tflops, share, cycles_per_step, full_rate in rows:

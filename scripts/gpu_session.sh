@@ -14,7 +14,8 @@
 #                bank conflicts, L1/L2 hit rates) of the wgmma configs at M = 64 / 256
 #                (PROBLEMS: profile_gemm.py problems); SASS source page $OUT/ncu_src.csv, phases by ncu_phases.py
 #   tactics      every GEMM tactic on SHAPES (NxK,...) at MS (M,...) (benchmarks/bench_tactics.py)
-#   wgmma-ceiling  the register-A wgmma pattern of the wgmma kernel alone, n64 .. n256 (benchmarks/wgmma_ceiling.py)
+#   wgmma-ceiling  the register-A wgmma pattern of the wgmma kernel alone and under a dequantization-sized ALU load
+#                (benchmarks/wgmma_ceiling.py)
 #   moe          every MoE tactic, auto and BF16 grouped_mm on the Mixtral and Qwen3-MoE layers (~2 min)
 # A device call runs at most 10 minutes: e2e and e2e-batches go in separate calls.
 set -uo pipefail

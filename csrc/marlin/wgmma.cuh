@@ -1,5 +1,6 @@
 // Hopper warpgroup MMA (sm_90a) with the A operand in registers: D[64 x N] += A[64 x 16] * B[16 x N], FP32
-// accumulators, B read by the tensor cores from shared memory through a matrix descriptor.
+// accumulators, B read by the tensor cores from shared memory through a matrix descriptor. (wgmma_ss, both operands
+// from shared memory, is here for benchmarks/wgmma_ceiling.py's control case only.)
 //
 // The W4A16 kernel (wgmma_kernel.cuh) computes C^T = W X^T: dequantized weights are A (warp w of the warpgroup
 // supplies rows 16w..16w+15 in the mma.m16n8k16 A-fragment layout), the activation tile is B, stored K-major
@@ -113,6 +114,40 @@ __device__ __forceinline__ void fence_fragment(uint32_t (&a)[R]) {
 #define NVFP4_WGMMA_RS_N256(TY)                                                                                       \
   NVFP4_WGMMA_RS(256, TY, NVFP4_D0_31 "," NVFP4_D32_63 "," NVFP4_D64_95 "," NVFP4_D96_127,                            \
                  "{%128,%129,%130,%131}, %132", NVFP4_ACC32(0), NVFP4_ACC32(32), NVFP4_ACC32(64), NVFP4_ACC32(96))
+
+#define NVFP4_WGMMA_SS(N, TY, DREGS, DESCS, ...)                                                                      \
+  asm volatile("{ .reg .pred p; setp.ne.b32 p, 1, 0;\n"                                                               \
+               "wgmma.mma_async.sync.aligned.m64n" #N "k16.f32." TY "." TY " {" DREGS "}, " DESCS                     \
+               ", p, 1, 1, 0, 0; }\n"                                                                                 \
+               : __VA_ARGS__ : "l"(desc_a), "l"(desc_b))
+#define NVFP4_WGMMA_SS_N64(TY) NVFP4_WGMMA_SS(64, TY, NVFP4_D0_31, "%32, %33", NVFP4_ACC32(0))
+#define NVFP4_WGMMA_SS_N128(TY)                                                                                       \
+  NVFP4_WGMMA_SS(128, TY, NVFP4_D0_31 "," NVFP4_D32_63, "%64, %65", NVFP4_ACC32(0), NVFP4_ACC32(32))
+#define NVFP4_WGMMA_SS_N256(TY)                                                                                       \
+  NVFP4_WGMMA_SS(256, TY, NVFP4_D0_31 "," NVFP4_D32_63 "," NVFP4_D64_95 "," NVFP4_D96_127, "%128, %129",              \
+                 NVFP4_ACC32(0), NVFP4_ACC32(32), NVFP4_ACC32(64), NVFP4_ACC32(96))
+
+// D[64 x N] += A * B, both from shared memory (descriptors, both K-major), accumulate always. Not used by the
+// kernels; benchmarks/wgmma_ceiling.py compares it with wgmma_rs under the same ALU load.
+template <typename T, int N>
+__device__ __forceinline__ void wgmma_ss(float (&d)[N / 2], uint64_t desc_a, uint64_t desc_b) {
+#if NVFP4_HAS_WGMMA
+  constexpr bool kBf16 = std::is_same_v<T, __nv_bfloat16>;
+  if constexpr (N == 64) {
+    if constexpr (kBf16) NVFP4_WGMMA_SS_N64("bf16"); else NVFP4_WGMMA_SS_N64("f16");
+  } else if constexpr (N == 128) {
+    if constexpr (kBf16) NVFP4_WGMMA_SS_N128("bf16"); else NVFP4_WGMMA_SS_N128("f16");
+  } else {
+    static_assert(N == 256, "instantiated widths: 64, 128, 256");
+    if constexpr (kBf16) NVFP4_WGMMA_SS_N256("bf16"); else NVFP4_WGMMA_SS_N256("f16");
+  }
+#endif
+}
+
+#undef NVFP4_WGMMA_SS_N64
+#undef NVFP4_WGMMA_SS_N128
+#undef NVFP4_WGMMA_SS_N256
+#undef NVFP4_WGMMA_SS
 
 // D[64 x N] += A (this thread's mma A fragment of its warp's 16 rows) * B (descriptor), accumulate always.
 template <typename T, int N>
