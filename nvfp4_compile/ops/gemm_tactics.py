@@ -47,19 +47,32 @@ CONFIG_MAX_M = {"gemv8": 8, "gemv16": 16, "sw16x512": 16, "gemv16b": 16, "gemv8b
 
 # Configs that also run as a `.fit` tactic: the wgmma configs (prefill) and the decode configs, whose K splits
 # often overflow the resident clusters on small layers (4096 x 4096: 32 tiles x 8 splits against 30 clusters of 8)
-# and then go through the FP32 workspace and a last-CTA sum. The mma.sync configs are not profiled twice: on
-# Hopper the wgmma configs win where they would apply.
+# and then go through the FP32 workspace and a last-CTA sum. The mma.sync configs (m16 .. large) have none: on the
+# H200 `auto` picked one of them at 1 of 36 points (docs/kernels.md, twelfth-session table); their `.fit` is not
+# measured.
 FIT_CONFIG_PREFIXES = ("wg", "gemv", "sw")
 
 
-def _marlin_tactic(name: str, config: int, max_m: int | None = None) -> Tactic:
+def _has_clusters() -> bool:
+    """Thread-block clusters on the current device (SM 9.0+): without them a `.fit` tactic launches exactly what
+    its plain config does, so profiling it would only repeat that measurement."""
+    return torch.cuda.get_device_capability()[0] >= 9
+
+
+def _marlin_tactic(name: str, config: int, max_m: int | None = None, needs_clusters: bool = False) -> Tactic:
     def run(x2, qweight, scales, global_scale, bias, size_n, size_k):
         return torch.ops.nvfp4_C.marlin_gemm(x2, qweight, scales, global_scale.reshape(-1).contiguous(), bias, size_n,
                                              size_k, config)
 
-    if max_m is None:
+    reasons = ([f"built for M <= {max_m}"] if max_m is not None else []) + \
+        (["splits in thread-block clusters (SM 9.0+)"] if needs_clusters else [])
+    if not reasons:
         return Tactic(name, run)
-    return Tactic(name, run, applies=lambda key: key.m_bucket <= max_m, not_applicable=f"built for M <= {max_m}")
+
+    def applies(key: ProblemKey) -> bool:
+        return (max_m is None or key.m_bucket <= max_m) and (not needs_clusters or _has_clusters())
+
+    return Tactic(name, run, applies=applies, not_applicable="; ".join(reasons))
 
 
 def _dequant_linear(x2, qweight, scales, global_scale, bias, size_n, size_k):
@@ -101,7 +114,7 @@ def tactic_set() -> TacticSet:
     # Those configs once more with K split only as finely as their clusters all fit on the GPU (csrc/marlin/
     # marlin.h kConfigFitClusters): fewer splits against the workspace path, which wins depends on the shape.
     fit = torch.ops.nvfp4_C.marlin_gemm_fit_clusters_flag()
-    tactics += [_marlin_tactic(f"marlin.{name}.fit", i | fit, CONFIG_MAX_M.get(name))
+    tactics += [_marlin_tactic(f"marlin.{name}.fit", i | fit, CONFIG_MAX_M.get(name), needs_clusters=True)
                 for i, name in enumerate(configs) if name.startswith(FIT_CONFIG_PREFIXES)]
     tactics.append(Tactic("dequant", _dequant_linear))
     return TacticSet("marlin_gemm", tuple(tactics), fallback=_marlin_tactic("marlin", -1), build=extension_build_id())
