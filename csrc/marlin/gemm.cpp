@@ -55,7 +55,9 @@ at::Tensor marlin_gemm(const at::Tensor& x, const at::Tensor& qweight, const at:
   // A literal message: on the device machine (torch 2.11.0+cu130, g++ 13.3) formatting a number through
   // std::ostream, as a message with several parts does, kills the process (SIGSEGV) instead of raising
   // (scripts/probe_torch_check.py; docs/kernels.md "Twelfth session"). tests/test_csrc_checks.py keeps it so.
-  TORCH_CHECK(config == -1 || (config >= 0 && config < 2 * kConfigFitClusters && config % kConfigFitClusters < num_configs),
+  const bool known_config =
+      config >= 0 && config < 2 * kConfigFitClusters && config % kConfigFitClusters < num_configs;
+  TORCH_CHECK(config == -1 || known_config,
               "nvfp4_C::marlin_gemm: config must be -1 (by M) or an index of marlin_gemm_configs(), optionally "
               "| marlin_gemm_fit_clusters_flag()");
 
