@@ -6,7 +6,7 @@
 #   SHAPES=4096x4096 MS=64,256 bash scripts/ab_variants.sh run  on the device; the run call carries .ab and .wheels
 # $OUT gets a CSV per variant, ab_tests.log and ab_compare.log (few files: the device returns only so many); the
 # build, test and tactics logs stay in .ab/<name>/. Before the timing, each variant runs the GPU tests of every
-# tile config (AB_TESTS: another pytest -k filter).
+# tile config (AB_TESTS: another pytest -k filter; AB_TEST_TIMEOUT seconds per variant, default 200).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-out}; mkdir -p "$OUT"; OUT=$(cd "$OUT" && pwd)  # absolute: the builds run in the variant trees
@@ -31,7 +31,7 @@ case "${1:-}" in
       t=$(date +%s)
       # A fast wrong kernel is no candidate: every tile config against the references first (AB_TESTS: -k filter).
       # From the variant's tree: pytest puts its rootdir first on sys.path; from here it would import ./nvfp4_compile.
-      (cd ".ab/$v" && PYTHONPATH=$PWD timeout 120 python3 -m pytest -q -p no:cacheprovider \
+      (cd ".ab/$v" && PYTHONPATH=$PWD timeout "${AB_TEST_TIMEOUT:-200}" python3 -m pytest -q -p no:cacheprovider \
         tests/gpu/test_marlin_gemm.py -k "${AB_TESTS:-identity_gemm or every_tile_config or wgmma_configs_on_model_shapes}" \
         > test.log 2>&1)
       echo "tests $v rc=$? $(( $(date +%s) - t )) s: $(tail -1 ".ab/$v/test.log")" | tee -a "$OUT/ab_tests.log"
