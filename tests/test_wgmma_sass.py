@@ -7,6 +7,7 @@ compile every wgmma config of csrc/marlin/configs.cuh for sm_90a with nvcc (skip
 disassembler: nvdisasm, e.g. from the nvidia-cuda-nvdisasm wheel, or cuobjdump) and check the result, and test
 the checker itself on hand-written SASS. The same compile also checks which configs ptxas serializes (one MMA
 group at a time for lack of registers): exactly the known one, so a config change that serializes another fails.
+A last test compiles the other configs (mma.sync tiles, decode) and accepts spills only where known.
 """
 from __future__ import annotations
 
@@ -74,6 +75,43 @@ def wgmma_configs() -> list[tuple[str, str]]:
             *(("marlin_stream_wgmma_kernel", c) for c in re.findall(r"using (ConfigSw\w+) = StreamWgmmaConfig<", text))]
 
 
+# The flags of setup.py and torch's CUDAExtension that shape the device code.
+NVCC_FLAGS = ["-cubin", "-O3", "-std=c++17", "--expt-relaxed-constexpr", "-Xptxas=-warn-spills",
+              "-D__CUDA_NO_HALF_OPERATORS__", "-D__CUDA_NO_HALF_CONVERSIONS__", "-D__CUDA_NO_BFLOAT16_CONVERSIONS__",
+              "-D__CUDA_NO_HALF2_OPERATORS__", f"-I{os.path.join(ROOT, 'csrc')}"]
+
+# Kernels of the other configs (mma.sync tiles, decode) that spill, as a part of their mangled name, with the reason.
+# gemv8 BF16: 8 bytes since the scale multiply-add takes its multiplier from constant memory (twelfth session,
+# commit 3a1606b); stored once before the main loop and reloaded once after it (docs/kernels.md "Build").
+KNOWN_SPILLS = {"marlin_gemv_kernelI13__nv_bfloat16NS_10GemvConfigILi2ELi4ELi6ELi2ELi1ELb0E"}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", ["sm_90a", "sm_80"])
+def test_tile_and_decode_kernels_spill_only_where_known(tmp_path, arch):
+    """Every mma.sync tile and decode config of csrc/marlin/configs.cuh, BF16 and FP16, compiled as setup.py does:
+    ptxas reports spills only for the known kernels (a spill inside a main loop costs local-memory traffic per
+    k-tile)."""
+    nvcc = shutil.which("nvcc")
+    if nvcc is None:
+        pytest.skip("needs nvcc")
+    text = open(os.path.join(ROOT, "csrc", "marlin", "configs.cuh")).read()
+    configs = [("marlin_gemm_kernel", c) for c in re.findall(r"using (Config\w+) = GemmConfig<", text)]
+    configs += [("marlin_gemv_kernel", c) for c in re.findall(r"using (Config\w+) = GemvConfig<", text)]
+    assert len(configs) >= 8
+    source = ['#include "marlin/configs.cuh"', "namespace nvfp4 {"]
+    source += [f"template __global__ void {kernel}<{dtype}, {cfg}>(const MarlinGemmParams);"
+               for kernel, cfg in configs for dtype in ("__nv_bfloat16", "__half")]
+    (tmp_path / "configs.cu").write_text("\n".join([*source, "}  // namespace nvfp4"]) + "\n")
+    compiled = subprocess.run([nvcc, *NVCC_FLAGS, f"-arch={arch}", "-o", str(tmp_path / "configs.cubin"),
+                               str(tmp_path / "configs.cu")], check=True, capture_output=True, text=True)
+    spilled = set(re.findall(r"spilled to local memory in function '(\w+)'", compiled.stdout + compiled.stderr))
+    known = {name for name in spilled if any(part in name for part in KNOWN_SPILLS)}
+    assert spilled == known, f"new spills: {sorted(spilled - known)}"
+    if arch == "sm_90a":  # the known spill is still there (else the list and docs/kernels.md are stale)
+        assert len(known) == len(KNOWN_SPILLS), sorted(spilled)
+
+
 # wgmma configs whose MMAs ptxas serializes (C7512, "insufficient register resources"), with the reason: 512
 # threads x 2 CTAs per SM leave 64 registers, less than a group in flight needs (docs/kernels.md "Eleventh session").
 KNOWN_SERIALIZED = {"ConfigWg64x256w4"}
@@ -100,13 +138,9 @@ def test_compiled_wgmma_kernels_have_no_register_hazards(tmp_path):
             source.append(f"template __global__ void {kernel}<{dtype}, {cfg}>(const MarlinGemmParams);")
     source.append("}  // namespace nvfp4")
     (tmp_path / "wgmma_configs.cu").write_text("\n".join(source) + "\n")
-    # The flags of setup.py and torch's CUDAExtension that shape the device code.
-    flags = ["-cubin", "-arch=sm_90a", "-O3", "-std=c++17", "--expt-relaxed-constexpr",
-             "-D__CUDA_NO_HALF_OPERATORS__", "-D__CUDA_NO_HALF_CONVERSIONS__", "-D__CUDA_NO_BFLOAT16_CONVERSIONS__",
-             "-D__CUDA_NO_HALF2_OPERATORS__", f"-I{os.path.join(ROOT, 'csrc')}"]
     cubin = tmp_path / "wgmma_configs.cubin"
-    compiled = subprocess.run([nvcc, *flags, "-o", str(cubin), str(tmp_path / "wgmma_configs.cu")], check=True,
-                              capture_output=True, text=True)
+    compiled = subprocess.run([nvcc, *NVCC_FLAGS, "-arch=sm_90a", "-o", str(cubin), str(tmp_path / "wgmma_configs.cu")],
+                              check=True, capture_output=True, text=True)
     sass = subprocess.run([*disasm, str(cubin)], check=True, capture_output=True, text=True).stdout
     kernels = [(name, body) for name, body in sass_stats.kernels(sass) if "wgmma_kernel" in name]
     assert len(kernels) == 2 * len(configs)
