@@ -53,10 +53,11 @@ CONFIG_MAX_M = {"gemv8": 8, "gemv16": 16, "sw16x512": 16, "gemv16b": 16, "gemv8b
 FIT_CONFIG_PREFIXES = ("wg", "gemv", "sw")
 
 
-def _has_clusters() -> bool:
-    """Thread-block clusters on the current device (SM 9.0+): without them a `.fit` tactic launches exactly what
-    its plain config does, so profiling it would only repeat that measurement."""
-    return torch.cuda.get_device_capability()[0] >= 9
+def _has_cluster_split_k() -> bool:
+    """Split-K in thread-block clusters on the current device: the kernels use it on SM 9.x only (csrc/marlin/
+    gemm_launch.cuh resident_clusters). Elsewhere a `.fit` tactic launches exactly what its plain config does, so
+    profiling it would only repeat that measurement."""
+    return torch.cuda.get_device_capability()[0] == 9
 
 
 def _marlin_tactic(name: str, config: int, max_m: int | None = None, needs_clusters: bool = False) -> Tactic:
@@ -65,12 +66,12 @@ def _marlin_tactic(name: str, config: int, max_m: int | None = None, needs_clust
                                              size_k, config)
 
     reasons = ([f"built for M <= {max_m}"] if max_m is not None else []) + \
-        (["splits in thread-block clusters (SM 9.0+)"] if needs_clusters else [])
+        (["splits in thread-block clusters (SM 9.x only)"] if needs_clusters else [])
     if not reasons:
         return Tactic(name, run)
 
     def applies(key: ProblemKey) -> bool:
-        return (max_m is None or key.m_bucket <= max_m) and (not needs_clusters or _has_clusters())
+        return (max_m is None or key.m_bucket <= max_m) and (not needs_clusters or _has_cluster_split_k())
 
     return Tactic(name, run, applies=applies, not_applicable="; ".join(reasons))
 

@@ -103,20 +103,20 @@ def test_decode_config_tactic_applies_to_small_m_only():
     assert gemm_tactics._marlin_tactic("marlin.m16", 0).applies(KEY)
 
 
-@pytest.mark.parametrize("capability,runs", [((9, 0), True), ((8, 0), False)])
+@pytest.mark.parametrize("capability,runs", [((9, 0), True), ((8, 0), False), ((10, 0), False)])
 def test_fit_tactic_needs_clusters_and_keeps_the_decode_m_limit(monkeypatch, capability, runs):
-    """A `.fit` tactic is not profiled where thread-block clusters do not exist (it would launch what its plain
-    config launches); a decode config's `.fit` keeps the config's M limit."""
+    """A `.fit` tactic is not profiled where the kernels do not split K in clusters (SM 9.x only; elsewhere it would
+    launch what its plain config launches); a decode config's `.fit` keeps the config's M limit."""
     from nvfp4_compile.ops import gemm_tactics
 
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *args: capability)
     fit = gemm_tactics._marlin_tactic("marlin.gemv8.fit", 4 | 256, gemm_tactics.CONFIG_MAX_M["gemv8"],
                                       needs_clusters=True)
     assert [fit.applies(ProblemKey(KEY.device, 4096, 4096, b, "bf16")) for b in (1, 8, 16)] == [runs, runs, False]
-    assert fit.not_applicable == "built for M <= 8; splits in thread-block clusters (SM 9.0+)"
+    assert fit.not_applicable == "built for M <= 8; splits in thread-block clusters (SM 9.x only)"
     wg_fit = gemm_tactics._marlin_tactic("marlin.wg64x512.fit", 5 | 256, needs_clusters=True)
     assert wg_fit.applies(ProblemKey(KEY.device, 4096, 4096, 4096, "bf16")) == runs
-    assert wg_fit.not_applicable == "splits in thread-block clusters (SM 9.0+)"
+    assert wg_fit.not_applicable == "splits in thread-block clusters (SM 9.x only)"
 
 
 def test_every_tactic_failing_is_an_error(tmp_path):
