@@ -35,8 +35,8 @@ import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-Case = collections.namedtuple("Case", "name n frags wg ctas touch depth alu fma feed ss mma",
-                              defaults=(False, 1, 0, 0, False, False, True))
+Case = collections.namedtuple("Case", "name n frags wg ctas touch depth alu fma feed ss mma split",
+                              defaults=(False, 1, 0, 0, False, False, True, False))
 # build() instantiates the kernel for each case of this list. alu / fma: instructions per warp per k16 step; the
 # wg64x512 main loop issues about 36 on the ALU pipe and 26 on the FMA pipe per step (ncu, thirteenth session).
 CASES = [
@@ -52,6 +52,17 @@ CASES = [
     Case("2x load alone (no MMA)", 64, 4, 2, 1, alu=72, fma=52, mma=False),
     Case("n64 f4 wg2 + 2x load", 64, 4, 2, 1, alu=72, fma=52),
     Case("n64 f4 wg2, A in smem + 2x load", 64, 4, 2, 1, alu=72, fma=52, ss=True),
+    # Fourteenth session: which pipe of the load meets the MMAs, and whether more warps, a deeper MMA queue or
+    # warpgroups with one role each (split: warpgroup 0 issues both warpgroups' MMAs, warpgroup 1 runs both
+    # warpgroups' load; the same work per SM as "n64 f4 wg2 + load") restore the overlap.
+    Case("alu alone (no MMA)", 64, 4, 2, 1, alu=36, mma=False),
+    Case("fma alone (no MMA)", 64, 4, 2, 1, fma=26, mma=False),
+    Case("n64 f4 wg2 + alu", 64, 4, 2, 1, alu=36),
+    Case("n64 f4 wg2 + fma", 64, 4, 2, 1, fma=26),
+    Case("n64 f2 wg4 + half load", 64, 2, 4, 1, alu=18, fma=13),
+    Case("n64 f4 wg2 + load, 2 groups", 64, 4, 2, 1, depth=2, alu=36, fma=26),
+    Case("n64 f4 split: MMA wg, load wg", 64, 4, 2, 1, alu=72, fma=52, split=True),
+    Case("n64 f4 split, A in smem", 64, 4, 2, 1, alu=72, fma=52, ss=True, split=True),
 ]
 
 SOURCE = r"""
@@ -65,9 +76,14 @@ namespace nvfp4 {
 // SS, a 64-row A tile of the same layout follows it and the MMAs read A from there instead of registers.
 // ALU / FMA: instructions per k16 step on 16 registers v (lop3 with k ^ k: v unchanged; bf16x2 multiply by one:
 // v unchanged, so values stay finite), before the MMAs as the kernel's dequantization; FEED: the A registers are v.
-template <int N, int FRAGS, int WG, bool TOUCH, int DEPTH, int ALU, int FMA, bool FEED, bool SS, bool MMA>
-__global__ void __launch_bounds__(128 * WG) wgmma_ceiling_kernel(float* out, int64_t* cycles, int steps,
+// SPLIT (WG = 2): warpgroup 0 only issues MMAs, twice per step (both warpgroups' share, into the same
+// accumulators), warpgroup 1 only runs the load.
+template <int N, int FRAGS, int WG, bool TOUCH, int DEPTH, int ALU, int FMA, bool FEED, bool SS, bool MMA,
+          bool SPLIT>
+__global__ void __launch_bounds__(128 * WG) wgmma_ceiling_kernel(float* out, unsigned long long* cycles, int steps,
                                                                  uint32_t k, uint32_t one) {
+  static_assert(!SPLIT || (WG == 2 && MMA && !FEED && !TOUCH), "split: one MMA and one load warpgroup");
+  const bool issues_mma = MMA && (!SPLIT || threadIdx.x < 128), runs_load = !SPLIT || threadIdx.x >= 128;
   extern __shared__ uint8_t smem_raw[];
   uint8_t* smem = swizzle_atom_aligned(smem_raw);
   auto* b = reinterpret_cast<__nv_bfloat16*>(smem);
@@ -92,11 +108,13 @@ __global__ void __launch_bounds__(128 * WG) wgmma_ceiling_kernel(float* out, int
   __syncthreads();
   const long long t0 = clock64();
   for (int s = 0; s < steps; ++s) {
+    if (runs_load) {
 #pragma unroll
-    for (int i = 0; i < ALU; ++i) asm volatile("lop3.b32 %0, %0, %1, %1, 0x96;" : "+r"(v[i % 16]) : "r"(k));
+      for (int i = 0; i < ALU; ++i) asm volatile("lop3.b32 %0, %0, %1, %1, 0x96;" : "+r"(v[i % 16]) : "r"(k));
 #pragma unroll
-    for (int i = 0; i < FMA; ++i) asm volatile("mul.rn.bf16x2 %0, %0, %1;" : "+r"(v[i % 16]) : "r"(one));
-    if constexpr (MMA) {
+      for (int i = 0; i < FMA; ++i) asm volatile("mul.rn.bf16x2 %0, %0, %1;" : "+r"(v[i % 16]) : "r"(one));
+    }
+    if (issues_mma) {
       // The kernel's register discipline: this step's A fragments in fresh registers, the previous step's kept
       // alive (a_running) until the wait says its MMAs are done.
       uint32_t a[FRAGS][4];
@@ -107,11 +125,14 @@ __global__ void __launch_bounds__(128 * WG) wgmma_ceiling_kernel(float* out, int
           a[j][r] = FEED ? v[(4 * j + r) % 16]
                          : TOUCH ? a_src[j][r] ^ (static_cast<uint32_t>(s & 1) * 0x00010001u) : a_src[j][r];
       wgmma_fence();
-      const uint64_t desc = desc0 + 2 * (s & 3);
 #pragma unroll
-      for (int j = 0; j < FRAGS; ++j) {
-        if constexpr (SS) wgmma_ss<__nv_bfloat16, N>(acc[j], a_desc0 + 2 * (s & 3), desc);
-        else wgmma_rs<__nv_bfloat16, N>(acc[j], a[j], desc);
+      for (int rep = 0; rep < (SPLIT ? 2 : 1); ++rep) {
+        const uint32_t slice = 2 * ((s + rep) & 3);  // the k16 column slice of the 128-byte rows
+#pragma unroll
+        for (int j = 0; j < FRAGS; ++j) {
+          if constexpr (SS) wgmma_ss<__nv_bfloat16, N>(acc[j], a_desc0 + slice, desc0 + slice);
+          else wgmma_rs<__nv_bfloat16, N>(acc[j], a[j], desc0 + slice);
+        }
       }
       wgmma_commit();
       wgmma_wait<DEPTH>();
@@ -136,16 +157,17 @@ __global__ void __launch_bounds__(128 * WG) wgmma_ceiling_kernel(float* out, int
 #pragma unroll
   for (int r = 0; r < 16; ++r) sum += static_cast<float>(v[r] & 1);  // keeps the load live
   out[blockIdx.x * blockDim.x + threadIdx.x] = sum;  // keeps the MMAs live
-  if (threadIdx.x == 0) cycles[blockIdx.x] = t1 - t0;
+  if (threadIdx.x % 128 == 0) atomicMax(&cycles[blockIdx.x], static_cast<unsigned long long>(t1 - t0));
 }
 
-template <int N, int FRAGS, int WG, bool TOUCH, int DEPTH, int ALU, int FMA, bool FEED, bool SS, bool MMA>
+template <int N, int FRAGS, int WG, bool TOUCH, int DEPTH, int ALU, int FMA, bool FEED, bool SS, bool MMA,
+          bool SPLIT>
 void launch(at::Tensor out, at::Tensor cycles, int64_t blocks, int64_t steps) {
-  auto kernel = wgmma_ceiling_kernel<N, FRAGS, WG, TOUCH, DEPTH, ALU, FMA, FEED, SS, MMA>;
+  auto kernel = wgmma_ceiling_kernel<N, FRAGS, WG, TOUCH, DEPTH, ALU, FMA, FEED, SS, MMA, SPLIT>;
   const int smem = (N + (SS ? 64 : 0)) * 128 + 1024;
   cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
   kernel<<<blocks, 128 * WG, smem, c10::cuda::getCurrentCUDAStream()>>>(
-      out.data_ptr<float>(), cycles.data_ptr<int64_t>(), steps, 0x5A5A1234u, 0x3F803F80u);  // k, bf16x2 ones
+      out.data_ptr<float>(), reinterpret_cast<unsigned long long*>(cycles.data_ptr<int64_t>()), steps, 0x5A5A1234u, 0x3F803F80u);  // k, bf16x2 ones
 }
 
 }  // namespace nvfp4
@@ -169,7 +191,7 @@ def build():
 
     cases = "\n".join(
         f"    case {i}: launch<{c.n}, {c.frags}, {c.wg}, {flag(c.touch)}, {c.depth}, {c.alu}, {c.fma}, {flag(c.feed)}, "
-        f"{flag(c.ss)}, {flag(c.mma)}>(out, cycles, blocks, steps); break;"
+        f"{flag(c.ss)}, {flag(c.mma)}, {flag(c.split)}>(out, cycles, blocks, steps); break;"
         for i, c in enumerate(CASES))
 
     declaration = "void run_case(int64_t index, at::Tensor out, at::Tensor cycles, int64_t blocks, int64_t steps);"
@@ -181,14 +203,15 @@ def build():
 
 
 def measure(module, index: int, ctas_per_sm: int, warpgroups: int, steps: int, reps: int) -> tuple[float, float]:
-    """(median ms of one launch over every SM, mean clock64 cycles per step of a CTA)."""
+    """(median ms of one launch over every SM, mean clock64 cycles per step of a CTA's slowest warpgroup)."""
     sms = torch.cuda.get_device_properties(0).multi_processor_count
     blocks = sms * ctas_per_sm
     out = torch.empty(blocks * 128 * warpgroups, device="cuda")
-    cycles = torch.empty(blocks, dtype=torch.int64, device="cuda")
+    cycles = torch.zeros(blocks, dtype=torch.int64, device="cuda")
     module.run_case(index, out, cycles, blocks, steps)  # warm-up (and clocks up)
     times = []
     for _ in range(reps):
+        cycles.zero_()  # the warpgroups' atomicMax
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
         module.run_case(index, out, cycles, blocks, steps)
@@ -211,12 +234,13 @@ def main() -> None:
     for index, c in enumerate(CASES):
         name, n, frags, wg, ctas = c.name, c.n, c.frags, c.wg, c.ctas
         ms, cycles_per_step = measure(module, index, ctas, wg, args.steps, args.reps)
-        flop = props.multi_processor_count * ctas * wg * args.steps * frags * 64 * n * 16 * 2 if c.mma else 0
+        mma_groups = wg * frags  # fragments per step and CTA; split: one warpgroup issues both warpgroups' share
+        flop = props.multi_processor_count * ctas * mma_groups * args.steps * 64 * n * 16 * 2 if c.mma else 0
         tflops = flop / (ms * 1e-3) / 1e12
         reference = reference or tflops
         # Tensor cycles of one step per sub-partition at full rate: each of a warpgroup's 4 warps runs an
         # m16nNk16 slice on its own sub-partition at 512 dense bf16 FMA per clock (989 TFLOP/s at 1.83 GHz, 132 SMs).
-        full_rate = ctas * wg * frags * 16 * n * 16 / 512 if c.mma else 0.0
+        full_rate = ctas * mma_groups * 16 * n * 16 / 512 if c.mma else 0.0
         rows.append((name, ms, tflops, tflops / reference, cycles_per_step, full_rate))
     print(f"{'case':34} {'ms':>8} {'TFLOP/s':>9} {'of n256':>8} {'cycles/step':>12} {'full-rate cycles':>17}")
     for name, ms, tflops, share, cycles_per_step, full_rate in rows:
