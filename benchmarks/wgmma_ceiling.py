@@ -35,8 +35,8 @@ import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-Case = collections.namedtuple("Case", "name n frags wg ctas touch depth alu fma feed ss mma split",
-                              defaults=(False, 1, 0, 0, False, False, True, False))
+Case = collections.namedtuple("Case", "name n frags wg ctas touch depth alu fma feed ss mma split wide",
+                              defaults=(False, 1, 0, 0, False, False, True, False, 0))
 # build() instantiates the kernel for each case of this list. alu / fma: instructions per warp per k16 step; the
 # wg64x512 main loop issues about 36 on the ALU pipe and 26 on the FMA pipe per step (ncu, thirteenth session).
 CASES = [
@@ -63,6 +63,10 @@ CASES = [
     Case("n64 f4 wg2 + load, 2 groups", 64, 4, 2, 1, depth=2, alu=36, fma=26),
     Case("n64 f4 split: MMA wg, load wg", 64, 4, 2, 1, alu=72, fma=52, split=True),
     Case("n64 f4 split, A in smem", 64, 4, 2, 1, alu=72, fma=52, ss=True, split=True),
+    # The code pairs' two rotations per int32 as wide multiplies (FMA pipe) instead of funnel shifts (ALU pipe):
+    # per warp and step 8 fewer ALU instructions, 8 IMAD.WIDE more (branch wip/imad-rotate).
+    Case("wide multiplies alone (no MMA)", 64, 4, 2, 1, wide=8, mma=False),
+    Case("n64 f4 wg2 + load, rotations as wide", 64, 4, 2, 1, alu=28, fma=26, wide=8),
 ]
 
 SOURCE = r"""
@@ -74,15 +78,17 @@ namespace nvfp4 {
 
 // B tile: N rows of 64 bf16 (one 128-byte swizzled row each); every k16 step reads its 32-byte column slice. With
 // SS, a 64-row A tile of the same layout follows it and the MMAs read A from there instead of registers.
+// WIDE: 32 x 32 -> 64-bit multiplies (IMAD.WIDE.U32) per k16 step, into v and w (not with FEED).
 // ALU / FMA: instructions per k16 step on 16 registers v (lop3 with k ^ k: v unchanged; bf16x2 multiply by one:
 // v unchanged, so values stay finite), before the MMAs as the kernel's dequantization; FEED: the A registers are v.
 // SPLIT (WG = 2): warpgroup 0 only issues MMAs, twice per step (both warpgroups' share, into the same
 // accumulators), warpgroup 1 only runs the load.
 template <int N, int FRAGS, int WG, bool TOUCH, int DEPTH, int ALU, int FMA, bool FEED, bool SS, bool MMA,
-          bool SPLIT>
+          bool SPLIT, int WIDE>
 __global__ void __launch_bounds__(128 * WG) wgmma_ceiling_kernel(float* out, unsigned long long* cycles, int steps,
                                                                  uint32_t k, uint32_t one) {
   static_assert(!SPLIT || (WG == 2 && MMA && !FEED && !TOUCH), "split: one MMA and one load warpgroup");
+  static_assert(WIDE == 0 || !FEED, "the wide multiplies leave v arbitrary, so it cannot be the A operand");
   const bool issues_mma = MMA && (!SPLIT || threadIdx.x < 128), runs_load = !SPLIT || threadIdx.x >= 128;
   extern __shared__ uint8_t smem_raw[];
   uint8_t* smem = swizzle_atom_aligned(smem_raw);
@@ -91,7 +97,7 @@ __global__ void __launch_bounds__(128 * WG) wgmma_ceiling_kernel(float* out, uns
     b[i] = __float2bfloat16(0.0625f + 0.001f * static_cast<float>((i * 37 + blockIdx.x) % 61));
   fence_proxy_async_shared();
   __syncthreads();
-  uint32_t a_src[FRAGS][4], a_running[FRAGS][4] = {}, v[16];
+  uint32_t a_src[FRAGS][4], a_running[FRAGS][4] = {}, v[16], w[16] = {};
 #pragma unroll
   for (int j = 0; j < FRAGS; ++j)
 #pragma unroll
@@ -113,6 +119,10 @@ __global__ void __launch_bounds__(128 * WG) wgmma_ceiling_kernel(float* out, uns
       for (int i = 0; i < ALU; ++i) asm volatile("lop3.b32 %0, %0, %1, %1, 0x96;" : "+r"(v[i % 16]) : "r"(k));
 #pragma unroll
       for (int i = 0; i < FMA; ++i) asm volatile("mul.rn.bf16x2 %0, %0, %1;" : "+r"(v[i % 16]) : "r"(one));
+#pragma unroll
+      for (int i = 0; i < WIDE; ++i)  // by k, a kernel argument, so ptxas keeps the multiply (v feeds no MMA here)
+        asm volatile("{.reg .u64 t; mul.wide.u32 t, %0, %2; mov.b64 {%0, %1}, t;}" : "+r"(v[i % 16]), "+r"(w[i % 16])
+                     : "r"(k));
     }
     if (issues_mma) {
       // The kernel's register discipline: this step's A fragments in fresh registers, the previous step's kept
@@ -155,15 +165,15 @@ __global__ void __launch_bounds__(128 * WG) wgmma_ceiling_kernel(float* out, uns
     for (int i = 0; i < N / 2; ++i) sum += acc[j][i];
   }
 #pragma unroll
-  for (int r = 0; r < 16; ++r) sum += static_cast<float>(v[r] & 1);  // keeps the load live
+  for (int r = 0; r < 16; ++r) sum += static_cast<float>((v[r] ^ w[r]) & 1);  // keeps the load live
   out[blockIdx.x * blockDim.x + threadIdx.x] = sum;  // keeps the MMAs live
   if (threadIdx.x % 128 == 0) atomicMax(&cycles[blockIdx.x], static_cast<unsigned long long>(t1 - t0));
 }
 
 template <int N, int FRAGS, int WG, bool TOUCH, int DEPTH, int ALU, int FMA, bool FEED, bool SS, bool MMA,
-          bool SPLIT>
+          bool SPLIT, int WIDE>
 void launch(at::Tensor out, at::Tensor cycles, int64_t blocks, int64_t steps) {
-  auto kernel = wgmma_ceiling_kernel<N, FRAGS, WG, TOUCH, DEPTH, ALU, FMA, FEED, SS, MMA, SPLIT>;
+  auto kernel = wgmma_ceiling_kernel<N, FRAGS, WG, TOUCH, DEPTH, ALU, FMA, FEED, SS, MMA, SPLIT, WIDE>;
   const int smem = (N + (SS ? 64 : 0)) * 128 + 1024;
   cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
   kernel<<<blocks, 128 * WG, smem, c10::cuda::getCurrentCUDAStream()>>>(
@@ -191,7 +201,7 @@ def build():
 
     cases = "\n".join(
         f"    case {i}: launch<{c.n}, {c.frags}, {c.wg}, {flag(c.touch)}, {c.depth}, {c.alu}, {c.fma}, {flag(c.feed)}, "
-        f"{flag(c.ss)}, {flag(c.mma)}, {flag(c.split)}>(out, cycles, blocks, steps); break;"
+        f"{flag(c.ss)}, {flag(c.mma)}, {flag(c.split)}, {c.wide}>(out, cycles, blocks, steps); break;"
         for i, c in enumerate(CASES))
 
     declaration = "void run_case(int64_t index, at::Tensor out, at::Tensor cycles, int64_t blocks, int64_t steps);"
