@@ -29,14 +29,15 @@ from __future__ import annotations
 import argparse
 import collections
 import os
+import re
 import statistics
 
 import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-Case = collections.namedtuple("Case", "name n frags wg ctas touch depth alu fma feed ss mma split wide",
-                              defaults=(False, 1, 0, 0, False, False, True, False, 0))
+Case = collections.namedtuple("Case", "name n frags wg ctas touch depth alu fma feed ss mma split wide imad shf prmt",
+                              defaults=(False, 1, 0, 0, False, False, True, False, 0, 0, 0, 0))
 # build() instantiates the kernel for each case of this list. alu / fma: instructions per warp per k16 step; the
 # wg64x512 main loop issues about 36 on the ALU pipe and 26 on the FMA pipe per step (ncu, thirteenth session).
 CASES = [
@@ -67,6 +68,18 @@ CASES = [
     # per warp and step 8 fewer ALU instructions, 8 IMAD.WIDE more (branch wip/imad-rotate).
     Case("wide multiplies alone (no MMA)", 64, 4, 2, 1, wide=8, mma=False),
     Case("n64 f4 wg2 + load, rotations as wide", 64, 4, 2, 1, alu=28, fma=26, wide=8),
+    # What one instruction of each kind the dequantization could use costs under the MMAs: 16 per warp and step
+    # (a step's 4 int32 x 4 code pairs), alone and beside wg64x512's MMAs (docs/kernels.md "Fourteenth session":
+    # bf16x2 multiplies are free there, LOP3 and IMAD.WIDE are not).
+    Case("16 lop3 alone (no MMA)", 64, 4, 2, 1, alu=16, mma=False),
+    Case("n64 f4 wg2 + 16 lop3", 64, 4, 2, 1, alu=16),
+    Case("16 imad alone (no MMA)", 64, 4, 2, 1, imad=16, mma=False),
+    Case("n64 f4 wg2 + 16 imad", 64, 4, 2, 1, imad=16),
+    Case("16 funnel shifts alone (no MMA)", 64, 4, 2, 1, shf=16, mma=False),
+    Case("n64 f4 wg2 + 16 funnel shifts", 64, 4, 2, 1, shf=16),
+    Case("16 prmt alone (no MMA)", 64, 4, 2, 1, prmt=16, mma=False),
+    Case("n64 f4 wg2 + 16 prmt", 64, 4, 2, 1, prmt=16),
+    Case("n64 f4 wg2 + 8 wide multiplies", 64, 4, 2, 1, wide=8),
 ]
 
 SOURCE = r"""
@@ -78,17 +91,18 @@ namespace nvfp4 {
 
 // B tile: N rows of 64 bf16 (one 128-byte swizzled row each); every k16 step reads its 32-byte column slice. With
 // SS, a 64-row A tile of the same layout follows it and the MMAs read A from there instead of registers.
-// WIDE: 32 x 32 -> 64-bit multiplies (IMAD.WIDE.U32) per k16 step, into v and w (not with FEED).
+// WIDE: 32 x 32 -> 64-bit multiplies (IMAD.WIDE.U32) per k16 step, into v and w (not with FEED); IMAD, SHF, PRMT:
+// 32-bit multiply-adds, funnel shifts, byte permutes on v (values arbitrary: not with FEED either).
 // ALU / FMA: instructions per k16 step on 16 registers v (lop3 with k ^ k: v unchanged; bf16x2 multiply by one:
 // v unchanged, so values stay finite), before the MMAs as the kernel's dequantization; FEED: the A registers are v.
 // SPLIT (WG = 2): warpgroup 0 only issues MMAs, twice per step (both warpgroups' share, into the same
 // accumulators), warpgroup 1 only runs the load.
 template <int N, int FRAGS, int WG, bool TOUCH, int DEPTH, int ALU, int FMA, bool FEED, bool SS, bool MMA,
-          bool SPLIT, int WIDE>
+          bool SPLIT, int WIDE, int IMAD, int SHF, int PRMT>
 __global__ void __launch_bounds__(128 * WG) wgmma_ceiling_kernel(float* out, unsigned long long* cycles, int steps,
                                                                  uint32_t k, uint32_t one) {
   static_assert(!SPLIT || (WG == 2 && MMA && !FEED && !TOUCH), "split: one MMA and one load warpgroup");
-  static_assert(WIDE == 0 || !FEED, "the wide multiplies leave v arbitrary, so it cannot be the A operand");
+  static_assert(WIDE + IMAD + SHF + PRMT == 0 || !FEED, "these leave v arbitrary, so it cannot be the A operand");
   const bool issues_mma = MMA && (!SPLIT || threadIdx.x < 128), runs_load = !SPLIT || threadIdx.x >= 128;
   extern __shared__ uint8_t smem_raw[];
   uint8_t* smem = swizzle_atom_aligned(smem_raw);
@@ -123,6 +137,12 @@ __global__ void __launch_bounds__(128 * WG) wgmma_ceiling_kernel(float* out, uns
       for (int i = 0; i < WIDE; ++i)  // by k, a kernel argument, so ptxas keeps the multiply (v feeds no MMA here)
         asm volatile("{.reg .u64 t; mul.wide.u32 t, %0, %2; mov.b64 {%0, %1}, t;}" : "+r"(v[i % 16]), "+r"(w[i % 16])
                      : "r"(k));
+#pragma unroll
+      for (int i = 0; i < IMAD; ++i) asm volatile("mad.lo.u32 %0, %0, %1, %1;" : "+r"(v[i % 16]) : "r"(k));
+#pragma unroll
+      for (int i = 0; i < SHF; ++i) asm volatile("shf.r.wrap.b32 %0, %0, %0, %1;" : "+r"(v[i % 16]) : "r"(k));
+#pragma unroll
+      for (int i = 0; i < PRMT; ++i) asm volatile("prmt.b32 %0, %0, %1, 0x4051;" : "+r"(v[i % 16]) : "r"(k));
     }
     if (issues_mma) {
       // The kernel's register discipline: this step's A fragments in fresh registers, the previous step's kept
@@ -171,9 +191,9 @@ __global__ void __launch_bounds__(128 * WG) wgmma_ceiling_kernel(float* out, uns
 }
 
 template <int N, int FRAGS, int WG, bool TOUCH, int DEPTH, int ALU, int FMA, bool FEED, bool SS, bool MMA,
-          bool SPLIT, int WIDE>
+          bool SPLIT, int WIDE, int IMAD, int SHF, int PRMT>
 void launch(at::Tensor out, at::Tensor cycles, int64_t blocks, int64_t steps) {
-  auto kernel = wgmma_ceiling_kernel<N, FRAGS, WG, TOUCH, DEPTH, ALU, FMA, FEED, SS, MMA, SPLIT, WIDE>;
+  auto kernel = wgmma_ceiling_kernel<N, FRAGS, WG, TOUCH, DEPTH, ALU, FMA, FEED, SS, MMA, SPLIT, WIDE, IMAD, SHF, PRMT>;
   const int smem = (N + (SS ? 64 : 0)) * 128 + 1024;
   cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
   kernel<<<blocks, 128 * WG, smem, c10::cuda::getCurrentCUDAStream()>>>(
@@ -193,16 +213,18 @@ void run_case(int64_t index, at::Tensor out, at::Tensor cycles, int64_t blocks, 
 """
 
 
-def build():
+def build(indices: list[int]):
+    """The extension with a kernel instantiated for each case of CASES at indices (each compiled case costs time)."""
     from torch.utils.cpp_extension import load_inline
 
     def flag(value: bool) -> str:
         return str(value).lower()
 
-    cases = "\n".join(
-        f"    case {i}: launch<{c.n}, {c.frags}, {c.wg}, {flag(c.touch)}, {c.depth}, {c.alu}, {c.fma}, {flag(c.feed)}, "
-        f"{flag(c.ss)}, {flag(c.mma)}, {flag(c.split)}, {c.wide}>(out, cycles, blocks, steps); break;"
-        for i, c in enumerate(CASES))
+    def launch(c: Case) -> str:
+        return (f"launch<{c.n}, {c.frags}, {c.wg}, {flag(c.touch)}, {c.depth}, {c.alu}, {c.fma}, {flag(c.feed)}, "
+                f"{flag(c.ss)}, {flag(c.mma)}, {flag(c.split)}, {c.wide}, {c.imad}, {c.shf}, {c.prmt}>")
+
+    cases = "\n".join(f"    case {i}: {launch(CASES[i])}(out, cycles, blocks, steps); break;" for i in indices)
 
     declaration = "void run_case(int64_t index, at::Tensor out, at::Tensor cycles, int64_t blocks, int64_t steps);"
     return load_inline("wgmma_ceiling", cpp_sources=declaration, cuda_sources=SOURCE.replace("@CASES@", cases),
@@ -236,12 +258,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=20000, help="k16 steps per warpgroup (default 20000)")
     parser.add_argument("--reps", type=int, default=10)
+    parser.add_argument("--cases", default="", help="regular expression: only the cases whose name it matches "
+                        "(and the n256 reference, which the shares are of)")
     args = parser.parse_args()
+    indices = [i for i, c in enumerate(CASES) if i == 0 or re.search(args.cases, c.name)]
     props = torch.cuda.get_device_properties(0)
     print(f"device: {props.name} ({props.multi_processor_count} SMs), torch {torch.__version__}")
-    module = build()
+    module = build(indices)
     rows, reference = [], None
-    for index, c in enumerate(CASES):
+    for index in indices:
+        c = CASES[index]
         name, n, frags, wg, ctas = c.name, c.n, c.frags, c.wg, c.ctas
         ms, cycles_per_step = measure(module, index, ctas, wg, args.steps, args.reps)
         mma_groups = wg * frags  # fragments per step and CTA; split: one warpgroup issues both warpgroups' share
