@@ -19,7 +19,13 @@ memory (`ss`, nothing read from registers by the tensor cores) and with no MMA a
 own time). If `n64 + load` stays near 256 cycles per step, the load overlaps and the kernel's loss is elsewhere;
 if it lands near the kernel's ~400 while the `ss` control stays near 256, the register-A operand is the cost.
 
-    python3 benchmarks/wgmma_ceiling.py        (needs an sm_90 GPU and nvcc; builds with torch's cpp_extension)
+Fourteenth session: the shared-memory control runs as slow as register A, so the operand is not the cost; beside
+the MMAs about 100 cycles per step of the warps' own pipe work are free whatever the kind (16 LOP3, IMAD, funnel
+shifts or PRMT each cost nothing), and beyond that volume each cycle costs nearly one; 64-bit results (IMAD.WIDE)
+cost far more than their pipe time.
+
+    python3 benchmarks/wgmma_ceiling.py [--cases REGEX]   (needs an sm_90 GPU and nvcc; builds with torch's
+                                                           cpp_extension; --cases: only those, faster to build)
 
 Prints per case: TFLOP/s over all SMs, the share of the n256 case, and cycles per k16 step per SM sub-partition
 (clock64 in the kernel, averaged over CTAs), against the tensor cycles the step holds at full rate.
