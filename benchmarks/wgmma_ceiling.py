@@ -219,10 +219,11 @@ void run_case(int64_t index, at::Tensor out, at::Tensor cycles, int64_t blocks, 
 """
 
 
-def build(indices: list[int]):
-    """The extension with a kernel instantiated for each case of CASES at indices (each compiled case costs time)."""
-    from torch.utils.cpp_extension import load_inline
+NVCC_FLAGS = ["-O3", "-gencode=arch=compute_90a,code=sm_90a", "--expt-relaxed-constexpr", "-Xptxas=-warn-spills"]
 
+
+def cuda_source(indices: list[int]) -> str:
+    """SOURCE with a kernel instantiated for each case of CASES at indices (each compiled case costs time)."""
     def flag(value: bool) -> str:
         return str(value).lower()
 
@@ -231,13 +232,21 @@ def build(indices: list[int]):
                 f"{flag(c.ss)}, {flag(c.mma)}, {flag(c.split)}, {c.wide}, {c.imad}, {c.shf}, {c.prmt}>")
 
     cases = "\n".join(f"    case {i}: {launch(CASES[i])}(out, cycles, blocks, steps); break;" for i in indices)
+    return SOURCE.replace("@CASES@", cases)
+
+
+def case_indices(pattern: str) -> list[int]:
+    """Indices of the cases whose name matches pattern, and of the n256 reference (index 0) the shares are of."""
+    return [i for i, c in enumerate(CASES) if i == 0 or re.search(pattern, c.name)]
+
+
+def build(indices: list[int]):
+    from torch.utils.cpp_extension import load_inline
 
     declaration = "void run_case(int64_t index, at::Tensor out, at::Tensor cycles, int64_t blocks, int64_t steps);"
-    return load_inline("wgmma_ceiling", cpp_sources=declaration, cuda_sources=SOURCE.replace("@CASES@", cases),
-                       functions=["run_case"],
-                       extra_include_paths=[os.path.join(ROOT, "csrc")],
-                       extra_cuda_cflags=["-O3", "-gencode=arch=compute_90a,code=sm_90a", "--expt-relaxed-constexpr",
-                                          "-Xptxas=-warn-spills"])
+    return load_inline("wgmma_ceiling", cpp_sources=declaration, cuda_sources=cuda_source(indices),
+                       functions=["run_case"], extra_include_paths=[os.path.join(ROOT, "csrc")],
+                       extra_cuda_cflags=NVCC_FLAGS)
 
 
 def measure(module, index: int, ctas_per_sm: int, warpgroups: int, steps: int, reps: int) -> tuple[float, float]:
@@ -267,7 +276,7 @@ def main() -> None:
     parser.add_argument("--cases", default="", help="regular expression: only the cases whose name it matches "
                         "(and the n256 reference, which the shares are of)")
     args = parser.parse_args()
-    indices = [i for i, c in enumerate(CASES) if i == 0 or re.search(args.cases, c.name)]
+    indices = case_indices(args.cases)
     props = torch.cuda.get_device_properties(0)
     print(f"device: {props.name} ({props.multi_processor_count} SMs), torch {torch.__version__}")
     module = build(indices)
