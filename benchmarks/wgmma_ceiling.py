@@ -44,8 +44,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 Case = collections.namedtuple("Case", "name n frags wg ctas touch depth alu fma feed ss mma split wide imad shf prmt",
                               defaults=(False, 1, 0, 0, False, False, True, False, 0, 0, 0, 0))
-# build() instantiates the kernel for each case of this list. alu / fma: instructions per warp per k16 step; the
-# wg64x512 main loop issues about 36 on the ALU pipe and 26 on the FMA pipe per step (ncu, thirteenth session).
+# cuda_source() instantiates the kernel for the chosen cases of this list. alu / fma / wide / imad / shf / prmt:
+# instructions per warp per k16 step; the wg64x512 main loop issues about 36 on the ALU pipe and 26 on the FMA pipe
+# per step (ncu, thirteenth session).
 CASES = [
     Case("n256 f1 wg2 (reference)", 256, 1, 2, 1),
     Case("n64 f4 wg2 (wg64x512)", 64, 4, 2, 1),
@@ -75,8 +76,8 @@ CASES = [
     Case("wide multiplies alone (no MMA)", 64, 4, 2, 1, wide=8, mma=False),
     Case("n64 f4 wg2 + load, rotations as wide", 64, 4, 2, 1, alu=28, fma=26, wide=8),
     # What one instruction of each kind the dequantization could use costs under the MMAs: 16 per warp and step
-    # (a step's 4 int32 x 4 code pairs), alone and beside wg64x512's MMAs (docs/kernels.md "Fourteenth session":
-    # bf16x2 multiplies are free there, LOP3 and IMAD.WIDE are not).
+    # (a step's 4 int32 x 4 code pairs), alone and beside wg64x512's MMAs (docs/kernels.md "Fourteenth session": the
+    # load's 26 bf16x2 multiplies were free there, its 36 LOP3 and 8 IMAD.WIDE were not).
     Case("16 lop3 alone (no MMA)", 64, 4, 2, 1, alu=16, mma=False),
     Case("n64 f4 wg2 + 16 lop3", 64, 4, 2, 1, alu=16),
     Case("16 imad alone (no MMA)", 64, 4, 2, 1, imad=16, mma=False),
@@ -199,11 +200,13 @@ __global__ void __launch_bounds__(128 * WG) wgmma_ceiling_kernel(float* out, uns
 template <int N, int FRAGS, int WG, bool TOUCH, int DEPTH, int ALU, int FMA, bool FEED, bool SS, bool MMA,
           bool SPLIT, int WIDE, int IMAD, int SHF, int PRMT>
 void launch(at::Tensor out, at::Tensor cycles, int64_t blocks, int64_t steps) {
-  auto kernel = wgmma_ceiling_kernel<N, FRAGS, WG, TOUCH, DEPTH, ALU, FMA, FEED, SS, MMA, SPLIT, WIDE, IMAD, SHF, PRMT>;
+  auto kernel =
+      wgmma_ceiling_kernel<N, FRAGS, WG, TOUCH, DEPTH, ALU, FMA, FEED, SS, MMA, SPLIT, WIDE, IMAD, SHF, PRMT>;
   const int smem = (N + (SS ? 64 : 0)) * 128 + 1024;
   cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
-  kernel<<<blocks, 128 * WG, smem, c10::cuda::getCurrentCUDAStream()>>>(
-      out.data_ptr<float>(), reinterpret_cast<unsigned long long*>(cycles.data_ptr<int64_t>()), steps, 0x5A5A1234u, 0x3F803F80u);  // k, bf16x2 ones
+  auto* cycles_out = reinterpret_cast<unsigned long long*>(cycles.data_ptr<int64_t>());  // atomicMax's type
+  kernel<<<blocks, 128 * WG, smem, c10::cuda::getCurrentCUDAStream()>>>(out.data_ptr<float>(), cycles_out, steps,
+                                                                        0x5A5A1234u, 0x3F803F80u);  // k, bf16x2 ones
 }
 
 }  // namespace nvfp4
