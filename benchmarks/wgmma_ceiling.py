@@ -42,11 +42,12 @@ import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-Case = collections.namedtuple("Case", "name n frags wg ctas touch depth alu fma feed ss mma split wide imad shf prmt",
-                              defaults=(False, 1, 0, 0, False, False, True, False, 0, 0, 0, 0))
-# cuda_source() instantiates the kernel for the chosen cases of this list. alu / fma / wide / imad / shf / prmt:
-# instructions per warp per k16 step; the wg64x512 main loop issues about 36 on the ALU pipe and 26 on the FMA pipe
-# per step (ncu, thirteenth session).
+Case = collections.namedtuple(
+    "Case", "name n frags wg ctas touch depth alu fma feed ss mma split wide imad shf prmt lds lds_ways",
+    defaults=(False, 1, 0, 0, False, False, True, False, 0, 0, 0, 0, 0, 1))
+# cuda_source() instantiates the kernel for the chosen cases of this list. alu / fma / wide / imad / shf / prmt /
+# lds: instructions per warp per k16 step (lds_ways: lanes per bank of each shared-memory load); the wg64x512 main
+# loop issues about 36 on the ALU pipe and 26 on the FMA pipe per step (ncu, thirteenth session).
 CASES = [
     Case("n256 f1 wg2 (reference)", 256, 1, 2, 1),
     Case("n64 f4 wg2 (wg64x512)", 64, 4, 2, 1),
@@ -87,6 +88,14 @@ CASES = [
     Case("16 prmt alone (no MMA)", 64, 4, 2, 1, prmt=16, mma=False),
     Case("n64 f4 wg2 + 16 prmt", 64, 4, 2, 1, prmt=16),
     Case("n64 f4 wg2 + 8 wide multiplies", 64, 4, 2, 1, wide=8),
+    # Do bank-conflicted weight loads slow the MMAs' own shared-memory reads? wg256x128 (n256, 1 fragment) and
+    # wg64x128 (n64, 1 fragment, 2 CTAs) issue about 4 32-bit LDS per warp and step, each meeting 4 lanes per bank
+    # (ncu, fourteenth session; branch wip/lds-lanes spreads them over all banks).
+    Case("n256 f1 wg2 + 4 lds", 256, 1, 2, 1, lds=4),
+    Case("n256 f1 wg2 + 4 lds, 4-way conflicts", 256, 1, 2, 1, lds=4, lds_ways=4),
+    Case("n64 f1 wg2 x2 CTAs (wg64x128)", 64, 1, 2, 2),
+    Case("n64 f1 wg2 x2 CTAs + 4 lds", 64, 1, 2, 2, lds=4),
+    Case("n64 f1 wg2 x2 CTAs + 4 lds, 4-way conflicts", 64, 1, 2, 2, lds=4, lds_ways=4),
 ]
 
 SOURCE = r"""
@@ -98,18 +107,26 @@ namespace nvfp4 {
 
 // B tile: N rows of 64 bf16 (one 128-byte swizzled row each); every k16 step reads its 32-byte column slice. With
 // SS, a 64-row A tile of the same layout follows it and the MMAs read A from there instead of registers.
-// WIDE: 32 x 32 -> 64-bit multiplies (IMAD.WIDE.U32) per k16 step, into v and w (not with FEED); IMAD, SHF, PRMT:
-// 32-bit multiply-adds, funnel shifts, byte permutes on v (values arbitrary: not with FEED either).
-// ALU / FMA: instructions per k16 step on 16 registers v (lop3 with k ^ k: v unchanged; bf16x2 multiply by one:
-// v unchanged, so values stay finite), before the MMAs as the kernel's dequantization; FEED: the A registers are v.
+// The load L, per warp and k16 step, before the MMAs as the kernel's dequantization:
+//   ALU / FMA: instructions on 16 registers v (lop3 with k ^ k: v unchanged; bf16x2 multiply by one: v unchanged,
+//   so values stay finite); FEED: the A registers are v.
+//   WIDE: 32 x 32 -> 64-bit multiplies (IMAD.WIDE.U32) into v and w; IMAD, SHF, PRMT: 32-bit multiply-adds,
+//   funnel shifts, byte permutes on v (values arbitrary: none of these with FEED).
+//   LDS: 32-bit shared-memory loads from the B tile (read only), lane l at word LDS_WAYS * l (LDS_WAYS lanes per
+//   bank), into t.
+template <int ALU_, int FMA_, int WIDE_, int IMAD_, int SHF_, int PRMT_, int LDS_, int LDS_WAYS_>
+struct Load {
+  static constexpr int ALU = ALU_, FMA = FMA_, WIDE = WIDE_, IMAD = IMAD_, SHF = SHF_, PRMT = PRMT_, LDS = LDS_,
+                       LDS_WAYS = LDS_WAYS_;
+};
 // SPLIT (WG = 2): warpgroup 0 only issues MMAs, twice per step (both warpgroups' share, into the same
 // accumulators), warpgroup 1 only runs the load.
-template <int N, int FRAGS, int WG, bool TOUCH, int DEPTH, int ALU, int FMA, bool FEED, bool SS, bool MMA,
-          bool SPLIT, int WIDE, int IMAD, int SHF, int PRMT>
+template <int N, int FRAGS, int WG, bool TOUCH, int DEPTH, class L, bool FEED, bool SS, bool MMA, bool SPLIT>
 __global__ void __launch_bounds__(128 * WG) wgmma_ceiling_kernel(float* out, unsigned long long* cycles, int steps,
                                                                  uint32_t k, uint32_t one) {
   static_assert(!SPLIT || (WG == 2 && MMA && !FEED && !TOUCH), "split: one MMA and one load warpgroup");
-  static_assert(WIDE + IMAD + SHF + PRMT == 0 || !FEED, "these leave v arbitrary, so it cannot be the A operand");
+  static_assert(L::WIDE + L::IMAD + L::SHF + L::PRMT == 0 || !FEED, "v arbitrary: it cannot be the A operand");
+  static_assert((L::LDS_WAYS * 32 + 31) * 4 <= N * 128, "the loads stay inside the B tile");
   const bool issues_mma = MMA && (!SPLIT || threadIdx.x < 128), runs_load = !SPLIT || threadIdx.x >= 128;
   extern __shared__ uint8_t smem_raw[];
   uint8_t* smem = swizzle_atom_aligned(smem_raw);
@@ -118,7 +135,7 @@ __global__ void __launch_bounds__(128 * WG) wgmma_ceiling_kernel(float* out, uns
     b[i] = __float2bfloat16(0.0625f + 0.001f * static_cast<float>((i * 37 + blockIdx.x) % 61));
   fence_proxy_async_shared();
   __syncthreads();
-  uint32_t a_src[FRAGS][4], a_running[FRAGS][4] = {}, v[16], w[16] = {};
+  uint32_t a_src[FRAGS][4], a_running[FRAGS][4] = {}, v[16], w[16] = {}, t[16] = {};
 #pragma unroll
   for (int j = 0; j < FRAGS; ++j)
 #pragma unroll
@@ -132,24 +149,28 @@ __global__ void __launch_bounds__(128 * WG) wgmma_ceiling_kernel(float* out, uns
     for (int i = 0; i < N / 2; ++i) acc[j][i] = 0.0f;
   const uint64_t desc0 = sw128_kmajor_desc(smem_addr(smem));
   const uint64_t a_desc0 = sw128_kmajor_desc(smem_addr(smem + N * 128));
+  const uint32_t lds_addr = smem_addr(smem) + 4 * L::LDS_WAYS * (threadIdx.x % 32);
   __syncthreads();
   const long long t0 = clock64();
   for (int s = 0; s < steps; ++s) {
     if (runs_load) {
 #pragma unroll
-      for (int i = 0; i < ALU; ++i) asm volatile("lop3.b32 %0, %0, %1, %1, 0x96;" : "+r"(v[i % 16]) : "r"(k));
+      for (int i = 0; i < L::ALU; ++i) asm volatile("lop3.b32 %0, %0, %1, %1, 0x96;" : "+r"(v[i % 16]) : "r"(k));
 #pragma unroll
-      for (int i = 0; i < FMA; ++i) asm volatile("mul.rn.bf16x2 %0, %0, %1;" : "+r"(v[i % 16]) : "r"(one));
+      for (int i = 0; i < L::FMA; ++i) asm volatile("mul.rn.bf16x2 %0, %0, %1;" : "+r"(v[i % 16]) : "r"(one));
 #pragma unroll
-      for (int i = 0; i < WIDE; ++i)  // by k, a kernel argument, so ptxas keeps the multiply (v feeds no MMA here)
+      for (int i = 0; i < L::WIDE; ++i)  // by k, a kernel argument, so ptxas keeps the multiply (v feeds no MMA here)
         asm volatile("{.reg .u64 t; mul.wide.u32 t, %0, %2; mov.b64 {%0, %1}, t;}" : "+r"(v[i % 16]), "+r"(w[i % 16])
                      : "r"(k));
 #pragma unroll
-      for (int i = 0; i < IMAD; ++i) asm volatile("mad.lo.u32 %0, %0, %1, %1;" : "+r"(v[i % 16]) : "r"(k));
+      for (int i = 0; i < L::IMAD; ++i) asm volatile("mad.lo.u32 %0, %0, %1, %1;" : "+r"(v[i % 16]) : "r"(k));
 #pragma unroll
-      for (int i = 0; i < SHF; ++i) asm volatile("shf.r.wrap.b32 %0, %0, %0, %1;" : "+r"(v[i % 16]) : "r"(k));
+      for (int i = 0; i < L::SHF; ++i) asm volatile("shf.r.wrap.b32 %0, %0, %0, %1;" : "+r"(v[i % 16]) : "r"(k));
 #pragma unroll
-      for (int i = 0; i < PRMT; ++i) asm volatile("prmt.b32 %0, %0, %1, 0x4051;" : "+r"(v[i % 16]) : "r"(k));
+      for (int i = 0; i < L::PRMT; ++i) asm volatile("prmt.b32 %0, %0, %1, 0x4051;" : "+r"(v[i % 16]) : "r"(k));
+#pragma unroll
+      for (int i = 0; i < L::LDS; ++i)  // a different word of the same bank set each time: i added to the address
+        asm volatile("ld.shared.u32 %0, [%1];" : "=r"(t[i % 16]) : "r"(lds_addr + 4 * static_cast<uint32_t>(i)));
     }
     if (issues_mma) {
       // The kernel's register discipline: this step's A fragments in fresh registers, the previous step's kept
@@ -192,16 +213,14 @@ __global__ void __launch_bounds__(128 * WG) wgmma_ceiling_kernel(float* out, uns
     for (int i = 0; i < N / 2; ++i) sum += acc[j][i];
   }
 #pragma unroll
-  for (int r = 0; r < 16; ++r) sum += static_cast<float>((v[r] ^ w[r]) & 1);  // keeps the load live
+  for (int r = 0; r < 16; ++r) sum += static_cast<float>((v[r] ^ w[r] ^ t[r]) & 1);  // keeps the load live
   out[blockIdx.x * blockDim.x + threadIdx.x] = sum;  // keeps the MMAs live
   if (threadIdx.x % 128 == 0) atomicMax(&cycles[blockIdx.x], static_cast<unsigned long long>(t1 - t0));
 }
 
-template <int N, int FRAGS, int WG, bool TOUCH, int DEPTH, int ALU, int FMA, bool FEED, bool SS, bool MMA,
-          bool SPLIT, int WIDE, int IMAD, int SHF, int PRMT>
+template <int N, int FRAGS, int WG, bool TOUCH, int DEPTH, class L, bool FEED, bool SS, bool MMA, bool SPLIT>
 void launch(at::Tensor out, at::Tensor cycles, int64_t blocks, int64_t steps) {
-  auto kernel =
-      wgmma_ceiling_kernel<N, FRAGS, WG, TOUCH, DEPTH, ALU, FMA, FEED, SS, MMA, SPLIT, WIDE, IMAD, SHF, PRMT>;
+  auto kernel = wgmma_ceiling_kernel<N, FRAGS, WG, TOUCH, DEPTH, L, FEED, SS, MMA, SPLIT>;
   const int smem = (N + (SS ? 64 : 0)) * 128 + 1024;
   cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
   auto* cycles_out = reinterpret_cast<unsigned long long*>(cycles.data_ptr<int64_t>());  // atomicMax's type
@@ -231,8 +250,9 @@ def cuda_source(indices: list[int]) -> str:
         return str(value).lower()
 
     def launch(c: Case) -> str:
-        return (f"launch<{c.n}, {c.frags}, {c.wg}, {flag(c.touch)}, {c.depth}, {c.alu}, {c.fma}, {flag(c.feed)}, "
-                f"{flag(c.ss)}, {flag(c.mma)}, {flag(c.split)}, {c.wide}, {c.imad}, {c.shf}, {c.prmt}>")
+        load = f"Load<{c.alu}, {c.fma}, {c.wide}, {c.imad}, {c.shf}, {c.prmt}, {c.lds}, {c.lds_ways}>"
+        return (f"launch<{c.n}, {c.frags}, {c.wg}, {flag(c.touch)}, {c.depth}, {load}, {flag(c.feed)}, {flag(c.ss)}, "
+                f"{flag(c.mma)}, {flag(c.split)}>")
 
     cases = "\n".join(f"    case {i}: {launch(CASES[i])}(out, cycles, blocks, steps); break;" for i in indices)
     return SOURCE.replace("@CASES@", cases)
