@@ -35,13 +35,14 @@ def test_every_case_compiles_for_sm90a_without_spills_or_serialized_mmas(tmp_pat
         pytest.skip("needs nvcc")
     from torch.utils.cpp_extension import include_paths
 
-    # CPU wheels of torch ship the c10/cuda headers without the CMake-generated macros header they include.
+    # CPU wheels of torch ship the c10/cuda headers without the CMake-generated macros header they include; the
+    # stand-in comes last on the include path, so a CUDA build of torch uses its own.
     stub = tmp_path / "stub" / "c10" / "cuda" / "impl"
     stub.mkdir(parents=True)
     (stub / "cuda_cmake_macros.h").write_text("#define C10_CUDA_BUILD_SHARED_LIBS\n")
     source = tmp_path / "ceiling.cu"
     source.write_text(wgmma_ceiling.cuda_source(list(range(len(wgmma_ceiling.CASES)))))
-    includes = [os.path.join(ROOT, "csrc"), str(tmp_path / "stub"), *include_paths(), sysconfig.get_paths()["include"]]
+    includes = [os.path.join(ROOT, "csrc"), *include_paths(), sysconfig.get_paths()["include"], str(tmp_path / "stub")]
     compiled = subprocess.run([nvcc, *wgmma_ceiling.NVCC_FLAGS, "-std=c++17", "-cubin", *(f"-I{p}" for p in includes),
                                "-o", str(tmp_path / "ceiling.cubin"), str(source)], capture_output=True, text=True)
     assert compiled.returncode == 0, compiled.stderr[-3000:]
