@@ -27,8 +27,8 @@ cost far more than their pipe time.
     python3 benchmarks/wgmma_ceiling.py [--cases REGEX]   (needs an sm_90 GPU and nvcc; builds with torch's
                                                            cpp_extension; --cases: only those, faster to build)
 
-Prints per case: TFLOP/s over all SMs, the share of the n256 case, and cycles per k16 step per SM sub-partition
-(clock64 in the kernel, averaged over CTAs), against the tensor cycles the step holds at full rate.
+Prints per case: TFLOP/s over the SMs it runs on, the share per SM of the n256 case's, and cycles per k16 step per SM
+sub-partition (clock64 in the kernel, averaged over CTAs), against the tensor cycles the step holds at full rate.
 """
 from __future__ import annotations
 
@@ -43,11 +43,13 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 Case = collections.namedtuple(
-    "Case", "name n frags wg ctas touch depth alu fma feed ss mma split wide imad shf prmt lds lds_ways",
-    defaults=(False, 1, 0, 0, False, False, True, False, 0, 0, 0, 0, 0, 1))
+    "Case", "name n frags wg ctas touch depth alu fma feed ss mma split wide imad shf prmt lds lds_ways copies sync sms",
+    defaults=(False, 1, 0, 0, False, False, True, False, 0, 0, 0, 0, 0, 1, 0, False, 0))
 # cuda_source() instantiates the kernel for the chosen cases of this list. alu / fma / wide / imad / shf / prmt /
 # lds: instructions per warp per k16 step (lds_ways: lanes per bank of each shared-memory load); the wg64x512 main
-# loop issues about 36 on the ALU pipe and 26 on the FMA pipe per step (ncu, thirteenth session).
+# loop issues about 36 on the ALU pipe and 26 on the FMA pipe per step (ncu, thirteenth session). copies: 16-byte
+# cp.async per thread per 64-wide k-tile (4 steps), with the kernel's barrier per k-tile; sync: the barrier alone.
+# sms: run on that many SMs (ctas CTAs each) instead of all.
 CASES = [
     Case("n256 f1 wg2 (reference)", 256, 1, 2, 1),
     Case("n64 f4 wg2 (wg64x512)", 64, 4, 2, 1),
@@ -96,6 +98,25 @@ CASES = [
     Case("n64 f1 wg2 x2 CTAs (wg64x128)", 64, 1, 2, 2),
     Case("n64 f1 wg2 x2 CTAs + 4 lds", 64, 1, 2, 2, lds=4),
     Case("n64 f1 wg2 x2 CTAs + 4 lds, 4-way conflicts", 64, 1, 2, 2, lds=4, lds_ways=4),
+    # Fifteenth session: those conflicts cost the MMAs 2-3% (above), so they are not why wg256x128's MMAs run at
+    # ~42% of this rate in the kernel. What else the kernel has around its MMAs: per k-tile a CTA barrier and the
+    # stage copies from L2 (x 256 rows x 128 bytes, weights and scale codes: ~36.5 KB, 9 cp.async of 16 bytes per
+    # thread; wg64x128: 64 rows, ~12.5 KB, 3), and per step its 1-fragment load (~9 ALU, ~7 FMA, 2 conflicted LDS).
+    Case("stage copies alone (no MMA)", 256, 1, 2, 1, copies=9, mma=False),
+    Case("n256 f1 wg2 + barrier per k-tile", 256, 1, 2, 1, sync=True),
+    Case("n256 f1 wg2 + stage copies (wg256x128)", 256, 1, 2, 1, copies=9),
+    Case("n256 f1 wg2 + stage copies + its load", 256, 1, 2, 1, copies=9, alu=9, fma=7, lds=2, lds_ways=4),
+    Case("n64 f1 wg2 x2 CTAs + stage copies (wg64x128)", 64, 1, 2, 2, copies=3),
+    # Is the copies' rate a limit of each SM's path from L2 or of L2 in all (which a multicast of the activation
+    # tile to a cluster would relieve)? The same copies on a quarter and half of the SMs. And the other tiles'
+    # copy volumes beside their MMAs: wg128x256 (x 16 KB + 9 KB: 6 per thread), wg64x512 (8 + 18 KB: 6, here
+    # from L2, in the kernel the weights come from DRAM).
+    Case("stage copies alone, 33 SMs", 256, 1, 2, 1, copies=9, mma=False, sms=33),
+    Case("stage copies alone, 66 SMs", 256, 1, 2, 1, copies=9, mma=False, sms=66),
+    Case("n256 f1 wg2 + stage copies, 66 SMs", 256, 1, 2, 1, copies=9, sms=66),
+    Case("n128 f2 wg2 (wg128x256)", 128, 2, 2, 1),
+    Case("n128 f2 wg2 + stage copies (wg128x256)", 128, 2, 2, 1, copies=6),
+    Case("n64 f4 wg2 + load + stage copies (wg64x512)", 64, 4, 2, 1, alu=36, fma=26, copies=6),
 ]
 
 SOURCE = r"""
@@ -114,16 +135,23 @@ namespace nvfp4 {
 //   funnel shifts, byte permutes on v (values arbitrary: none of these with FEED).
 //   LDS: 32-bit shared-memory loads from the B tile (read only), lane l at word LDS_WAYS * l (LDS_WAYS lanes per
 //   bank), into t.
-template <int ALU_, int FMA_, int WIDE_, int IMAD_, int SHF_, int PRMT_, int LDS_, int LDS_WAYS_>
+// Per 64-wide k-tile (4 steps), as the kernel's stage pipeline: COPIES > 0: wait for the k-tile's copies, barrier,
+// then COPIES 16-byte cp.async per thread of the k-tile two ahead from src (L2-resident) into a 4-slot ring after
+// the B tile that nothing reads; SYNC: the barrier alone.
+template <int ALU_, int FMA_, int WIDE_, int IMAD_, int SHF_, int PRMT_, int LDS_, int LDS_WAYS_, int COPIES_,
+          bool SYNC_>
 struct Load {
   static constexpr int ALU = ALU_, FMA = FMA_, WIDE = WIDE_, IMAD = IMAD_, SHF = SHF_, PRMT = PRMT_, LDS = LDS_,
-                       LDS_WAYS = LDS_WAYS_;
+                       LDS_WAYS = LDS_WAYS_, COPIES = COPIES_;
+  static constexpr bool SYNC = SYNC_ || COPIES_ > 0;
+  static constexpr int ring_bytes(int threads) { return 4 * COPIES * threads * 16; }
 };
 // SPLIT (WG = 2): warpgroup 0 only issues MMAs, twice per step (both warpgroups' share, into the same
 // accumulators), warpgroup 1 only runs the load.
 template <int N, int FRAGS, int WG, bool TOUCH, int DEPTH, class L, bool FEED, bool SS, bool MMA, bool SPLIT>
 __global__ void __launch_bounds__(128 * WG) wgmma_ceiling_kernel(float* out, unsigned long long* cycles, int steps,
-                                                                 uint32_t k, uint32_t one) {
+                                                                 uint32_t k, uint32_t one, const uint8_t* src,
+                                                                 int src_tiles) {
   static_assert(!SPLIT || (WG == 2 && MMA && !FEED && !TOUCH), "split: one MMA and one load warpgroup");
   static_assert(L::WIDE + L::IMAD + L::SHF + L::PRMT == 0 || !FEED, "v arbitrary: it cannot be the A operand");
   static_assert((L::LDS_WAYS * 32 + 31) * 4 <= N * 128, "the loads stay inside the B tile");
@@ -150,9 +178,29 @@ __global__ void __launch_bounds__(128 * WG) wgmma_ceiling_kernel(float* out, uns
   const uint64_t desc0 = sw128_kmajor_desc(smem_addr(smem));
   const uint64_t a_desc0 = sw128_kmajor_desc(smem_addr(smem + N * 128));
   const uint32_t lds_addr = smem_addr(smem) + 4 * L::LDS_WAYS * (threadIdx.x % 32);
+  uint8_t* ring = smem + (N + (SS ? 64 : 0)) * 128;
+  const int tile_bytes = L::COPIES * blockDim.x * 16;
+  auto copy_tile = [&](int tile) {  // k-tile `tile`'s copies into ring slot tile % 4, one commit group
+    const uint8_t* from = src + static_cast<size_t>((blockIdx.x * 7 + tile) % src_tiles) * tile_bytes;
+#pragma unroll
+    for (int i = 0; i < L::COPIES; ++i) {
+      const int offset = (i * blockDim.x + threadIdx.x) * 16;
+      cp_async16(ring + (tile % 4) * tile_bytes + offset, from + offset, true);
+    }
+    cp_async_commit();
+  };
+  if constexpr (L::COPIES > 0) copy_tile(0), copy_tile(1);
   __syncthreads();
   const long long t0 = clock64();
   for (int s = 0; s < steps; ++s) {
+    if (L::SYNC && s % 4 == 0) {
+      if constexpr (L::COPIES > 0) {
+        cp_async_wait<1>();
+        fence_proxy_async_shared();
+      }
+      __syncthreads();
+      if constexpr (L::COPIES > 0) copy_tile(s / 4 + 2);
+    }
     if (runs_load) {
 #pragma unroll
       for (int i = 0; i < L::ALU; ++i) asm volatile("lop3.b32 %0, %0, %1, %1, 0x96;" : "+r"(v[i % 16]) : "r"(k));
@@ -203,6 +251,7 @@ __global__ void __launch_bounds__(128 * WG) wgmma_ceiling_kernel(float* out, uns
     }
   }
   wgmma_wait<0>();
+  cp_async_wait<0>();
   const long long t1 = clock64();
   float sum = 0.0f;
 #pragma unroll
@@ -221,11 +270,15 @@ __global__ void __launch_bounds__(128 * WG) wgmma_ceiling_kernel(float* out, uns
 template <int N, int FRAGS, int WG, bool TOUCH, int DEPTH, class L, bool FEED, bool SS, bool MMA, bool SPLIT>
 void launch(at::Tensor out, at::Tensor cycles, int64_t blocks, int64_t steps) {
   auto kernel = wgmma_ceiling_kernel<N, FRAGS, WG, TOUCH, DEPTH, L, FEED, SS, MMA, SPLIT>;
-  const int smem = (N + (SS ? 64 : 0)) * 128 + 1024;
+  const int smem = (N + (SS ? 64 : 0)) * 128 + L::ring_bytes(128 * WG) + 1024;
   cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
   auto* cycles_out = reinterpret_cast<unsigned long long*>(cycles.data_ptr<int64_t>());  // atomicMax's type
-  kernel<<<blocks, 128 * WG, smem, c10::cuda::getCurrentCUDAStream()>>>(out.data_ptr<float>(), cycles_out, steps,
-                                                                        0x5A5A1234u, 0x3F803F80u);  // k, bf16x2 ones
+  // The copies' source: 8 MB, held by L2 (50 MB) as the kernel's activations are; what it holds is never read.
+  // Never freed: no tensor destructor runs at exit, after the CUDA context is gone.
+  static const at::Tensor* src = new at::Tensor(at::empty({8 << 20}, out.options().dtype(at::kByte)));
+  const int src_tiles = L::COPIES > 0 ? static_cast<int>(src->numel() / (L::ring_bytes(128 * WG) / 4)) : 1;
+  kernel<<<blocks, 128 * WG, smem, c10::cuda::getCurrentCUDAStream()>>>(
+      out.data_ptr<float>(), cycles_out, steps, 0x5A5A1234u, 0x3F803F80u, src->data_ptr<uint8_t>(), src_tiles);
 }
 
 }  // namespace nvfp4
@@ -250,7 +303,8 @@ def cuda_source(indices: list[int]) -> str:
         return str(value).lower()
 
     def launch(c: Case) -> str:
-        load = f"Load<{c.alu}, {c.fma}, {c.wide}, {c.imad}, {c.shf}, {c.prmt}, {c.lds}, {c.lds_ways}>"
+        load = (f"Load<{c.alu}, {c.fma}, {c.wide}, {c.imad}, {c.shf}, {c.prmt}, {c.lds}, {c.lds_ways}, {c.copies}, "
+                f"{flag(c.sync)}>")
         return (f"launch<{c.n}, {c.frags}, {c.wg}, {flag(c.touch)}, {c.depth}, {load}, {flag(c.feed)}, {flag(c.ss)}, "
                 f"{flag(c.mma)}, {flag(c.split)}>")
 
@@ -272,10 +326,8 @@ def build(indices: list[int]):
                        extra_cuda_cflags=NVCC_FLAGS)
 
 
-def measure(module, index: int, ctas_per_sm: int, warpgroups: int, steps: int, reps: int) -> tuple[float, float]:
-    """(median ms of one launch over every SM, mean clock64 cycles per step of a CTA's slowest warpgroup)."""
-    sms = torch.cuda.get_device_properties(0).multi_processor_count
-    blocks = sms * ctas_per_sm
+def measure(module, index: int, blocks: int, warpgroups: int, steps: int, reps: int) -> tuple[float, float]:
+    """(median ms of one launch of `blocks` CTAs, mean clock64 cycles per step of a CTA's slowest warpgroup)."""
     out = torch.empty(blocks * 128 * warpgroups, device="cuda")
     cycles = torch.zeros(blocks, dtype=torch.int64, device="cuda")
     module.run_case(index, out, cycles, blocks, steps)  # warm-up (and clocks up)
@@ -307,15 +359,17 @@ def main() -> None:
     for index in indices:
         c = CASES[index]
         name, n, frags, wg, ctas = c.name, c.n, c.frags, c.wg, c.ctas
-        ms, cycles_per_step = measure(module, index, ctas, wg, args.steps, args.reps)
+        blocks = (c.sms or props.multi_processor_count) * ctas
+        ms, cycles_per_step = measure(module, index, blocks, wg, args.steps, args.reps)
         mma_groups = wg * frags  # fragments per step and CTA; split: one warpgroup issues both warpgroups' share
-        flop = props.multi_processor_count * ctas * mma_groups * args.steps * 64 * n * 16 * 2 if c.mma else 0
+        flop = blocks * mma_groups * args.steps * 64 * n * 16 * 2 if c.mma else 0
         tflops = flop / (ms * 1e-3) / 1e12
-        reference = reference or tflops
+        per_all_sms = tflops * props.multi_processor_count / (c.sms or props.multi_processor_count)  # shares per SM
+        reference = reference or per_all_sms
         # Tensor cycles of one step per sub-partition at full rate: each of a warpgroup's 4 warps runs an
         # m16nNk16 slice on its own sub-partition at 512 dense bf16 FMA per clock (989 TFLOP/s at 1.83 GHz, 132 SMs).
         full_rate = ctas * mma_groups * 16 * n * 16 / 512 if c.mma else 0.0
-        rows.append((name, ms, tflops, tflops / reference, cycles_per_step, full_rate))
+        rows.append((name, ms, tflops, per_all_sms / reference, cycles_per_step, full_rate))
     print(f"{'case':34} {'ms':>8} {'TFLOP/s':>9} {'of n256':>8} {'cycles/step':>12} {'full-rate cycles':>17}")
     for name, ms, tflops, share, cycles_per_step, full_rate in rows:
         print(f"{name:34} {ms:8.3f} {tflops:9.1f} {share:8.2f} {cycles_per_step:12.1f} {full_rate:17.1f}")
