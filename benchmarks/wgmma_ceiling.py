@@ -43,13 +43,14 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 Case = collections.namedtuple(
-    "Case", "name n frags wg ctas touch depth alu fma feed ss mma split wide imad shf prmt lds lds_ways copies sync sms",
-    defaults=(False, 1, 0, 0, False, False, True, False, 0, 0, 0, 0, 0, 1, 0, False, 0))
+    "Case", "name n frags wg ctas touch depth alu fma feed ss mma split wide imad shf prmt lds lds_ways copies sync sms bulk",
+    defaults=(False, 1, 0, 0, False, False, True, False, 0, 0, 0, 0, 0, 1, 0, False, 0, False))
 # cuda_source() instantiates the kernel for the chosen cases of this list. alu / fma / wide / imad / shf / prmt /
 # lds: instructions per warp per k16 step (lds_ways: lanes per bank of each shared-memory load); the wg64x512 main
 # loop issues about 36 on the ALU pipe and 26 on the FMA pipe per step (ncu, thirteenth session). copies: 16-byte
 # cp.async per thread per 64-wide k-tile (4 steps), with the kernel's barrier per k-tile; sync: the barrier alone.
-# sms: run on that many SMs (ctas CTAs each) instead of all.
+# sms: run on that many SMs (ctas CTAs each) instead of all. bulk: the same bytes as 4 bulk copies per k-tile (one
+# thread issues them, an mbarrier per ring slot says they landed), not cp.async by every thread.
 CASES = [
     Case("n256 f1 wg2 (reference)", 256, 1, 2, 1),
     Case("n64 f4 wg2 (wg64x512)", 64, 4, 2, 1),
@@ -117,6 +118,11 @@ CASES = [
     Case("n128 f2 wg2 (wg128x256)", 128, 2, 2, 1),
     Case("n128 f2 wg2 + stage copies (wg128x256)", 128, 2, 2, 1, copies=6),
     Case("n64 f4 wg2 + load + stage copies (wg64x512)", 64, 4, 2, 1, alu=36, fma=26, copies=6),
+    # Is it the copies' instructions in the MMA warps or their bytes? The same volumes as bulk copies.
+    Case("stage bulk copies alone (no MMA)", 256, 1, 2, 1, copies=9, mma=False, bulk=True),
+    Case("n256 f1 wg2 + stage bulk copies (wg256x128)", 256, 1, 2, 1, copies=9, bulk=True),
+    Case("n64 f1 wg2 x2 CTAs + stage bulk copies (wg64x128)", 64, 1, 2, 2, copies=3, bulk=True),
+    Case("n64 f4 wg2 + load + stage bulk copies (wg64x512)", 64, 4, 2, 1, alu=36, fma=26, copies=6, bulk=True),
 ]
 
 SOURCE = r"""
@@ -137,13 +143,14 @@ namespace nvfp4 {
 //   bank), into t.
 // Per 64-wide k-tile (4 steps), as the kernel's stage pipeline: COPIES > 0: wait for the k-tile's copies, barrier,
 // then COPIES 16-byte cp.async per thread of the k-tile two ahead from src (L2-resident) into a 4-slot ring after
-// the B tile that nothing reads; SYNC: the barrier alone.
+// the B tile that nothing reads (BULK: the same bytes as 4 bulk copies issued by thread 0, completing on the
+// slot's mbarrier); SYNC: the barrier alone.
 template <int ALU_, int FMA_, int WIDE_, int IMAD_, int SHF_, int PRMT_, int LDS_, int LDS_WAYS_, int COPIES_,
-          bool SYNC_>
+          bool SYNC_, bool BULK_>
 struct Load {
   static constexpr int ALU = ALU_, FMA = FMA_, WIDE = WIDE_, IMAD = IMAD_, SHF = SHF_, PRMT = PRMT_, LDS = LDS_,
                        LDS_WAYS = LDS_WAYS_, COPIES = COPIES_;
-  static constexpr bool SYNC = SYNC_ || COPIES_ > 0;
+  static constexpr bool SYNC = SYNC_ || COPIES_ > 0, BULK = BULK_;
   static constexpr int ring_bytes(int threads) { return 4 * COPIES * threads * 16; }
 };
 // SPLIT (WG = 2): warpgroup 0 only issues MMAs, twice per step (both warpgroups' share, into the same
@@ -180,14 +187,42 @@ __global__ void __launch_bounds__(128 * WG) wgmma_ceiling_kernel(float* out, uns
   const uint32_t lds_addr = smem_addr(smem) + 4 * L::LDS_WAYS * (threadIdx.x % 32);
   uint8_t* ring = smem + (N + (SS ? 64 : 0)) * 128;
   const int tile_bytes = L::COPIES * blockDim.x * 16;
+  __shared__ __align__(8) uint64_t landed[4];  // BULK: the ring slots' mbarriers
+  if (L::BULK && threadIdx.x == 0) {
+    for (int i = 0; i < 4; ++i) asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(smem_addr(&landed[i])));
+    asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+  }
+  __syncthreads();
   auto copy_tile = [&](int tile) {  // k-tile `tile`'s copies into ring slot tile % 4, one commit group
     const uint8_t* from = src + static_cast<size_t>((blockIdx.x * 7 + tile) % src_tiles) * tile_bytes;
+    uint8_t* to = ring + (tile % 4) * tile_bytes;
+    if constexpr (L::BULK) {
+      if (threadIdx.x == 0) {
+        const uint32_t bar = smem_addr(&landed[tile % 4]);
+        asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(bar), "r"(tile_bytes) : "memory");
+        for (int c = 0; c < 4; ++c)
+          asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];"
+                       ::"r"(smem_addr(to + c * tile_bytes / 4)), "l"(from + c * tile_bytes / 4), "r"(tile_bytes / 4),
+                       "r"(bar) : "memory");
+      }
+    } else {
 #pragma unroll
-    for (int i = 0; i < L::COPIES; ++i) {
-      const int offset = (i * blockDim.x + threadIdx.x) * 16;
-      cp_async16(ring + (tile % 4) * tile_bytes + offset, from + offset, true);
+      for (int i = 0; i < L::COPIES; ++i) {
+        const int offset = (i * blockDim.x + threadIdx.x) * 16;
+        cp_async16(to + offset, from + offset, true);
+      }
+      cp_async_commit();
     }
-    cp_async_commit();
+  };
+  auto wait_tile = [&](int tile) {  // BULK: the slot's (tile / 4)-th phase completed; else all but the last group
+    if constexpr (L::BULK) {
+      uint32_t done = 0;
+      while (!done)
+        asm volatile("{.reg .pred p; mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2; selp.u32 %0, 1, 0, p;}"
+                     : "=r"(done) : "r"(smem_addr(&landed[tile % 4])), "r"((tile / 4) & 1) : "memory");
+    } else {
+      cp_async_wait<1>();
+    }
   };
   if constexpr (L::COPIES > 0) copy_tile(0), copy_tile(1);
   __syncthreads();
@@ -195,7 +230,7 @@ __global__ void __launch_bounds__(128 * WG) wgmma_ceiling_kernel(float* out, uns
   for (int s = 0; s < steps; ++s) {
     if (L::SYNC && s % 4 == 0) {
       if constexpr (L::COPIES > 0) {
-        cp_async_wait<1>();
+        wait_tile(s / 4);
         fence_proxy_async_shared();
       }
       __syncthreads();
@@ -252,6 +287,10 @@ __global__ void __launch_bounds__(128 * WG) wgmma_ceiling_kernel(float* out, uns
   }
   wgmma_wait<0>();
   cp_async_wait<0>();
+  if constexpr (L::BULK) {  // the two k-tiles copied ahead: no bulk copy may still write when the CTA exits
+    const int tiles = (steps + 3) / 4;
+    wait_tile(tiles), wait_tile(tiles + 1);
+  }
   const long long t1 = clock64();
   float sum = 0.0f;
 #pragma unroll
@@ -304,7 +343,7 @@ def cuda_source(indices: list[int]) -> str:
 
     def launch(c: Case) -> str:
         load = (f"Load<{c.alu}, {c.fma}, {c.wide}, {c.imad}, {c.shf}, {c.prmt}, {c.lds}, {c.lds_ways}, {c.copies}, "
-                f"{flag(c.sync)}>")
+                f"{flag(c.sync)}, {flag(c.bulk)}>")
         return (f"launch<{c.n}, {c.frags}, {c.wg}, {flag(c.touch)}, {c.depth}, {load}, {flag(c.feed)}, {flag(c.ss)}, "
                 f"{flag(c.mma)}, {flag(c.split)}>")
 
