@@ -48,14 +48,15 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 Case = collections.namedtuple(
-    "Case", "name n frags wg ctas touch depth alu fma feed ss mma split wide imad shf prmt lds lds_ways copies sync sms bulk",
-    defaults=(False, 1, 0, 0, False, False, True, False, 0, 0, 0, 0, 0, 1, 0, False, 0, False))
+    "Case", "name n frags wg ctas touch depth alu fma feed ss mma split wide imad shf prmt lds lds_ways copies sync sms bulk nobar",
+    defaults=(False, 1, 0, 0, False, False, True, False, 0, 0, 0, 0, 0, 1, 0, False, 0, False, False))
 # cuda_source() instantiates the kernel for the chosen cases of this list. alu / fma / wide / imad / shf / prmt /
 # lds: instructions per warp per k16 step (lds_ways: lanes per bank of each shared-memory load); the wg64x512 main
 # loop issues about 36 on the ALU pipe and 26 on the FMA pipe per step (ncu, thirteenth session). copies: 16-byte
 # cp.async per thread per 64-wide k-tile (4 steps), with the kernel's barrier per k-tile; sync: the barrier alone.
 # sms: run on that many SMs (ctas CTAs each) instead of all. bulk: the same bytes as 4 bulk copies per k-tile (one
-# thread issues them, an mbarrier per ring slot says they landed), not cp.async by every thread.
+# thread issues them, an mbarrier per ring slot says they landed), not cp.async by every thread. nobar: the copies
+# without the barrier (each thread waits for its own; nothing reads them, so nothing else needs it).
 CASES = [
     Case("n256 f1 wg2 (reference)", 256, 1, 2, 1),
     Case("n64 f4 wg2 (wg64x512)", 64, 4, 2, 1),
@@ -128,6 +129,16 @@ CASES = [
     Case("n256 f1 wg2 + stage bulk copies (wg256x128)", 256, 1, 2, 1, copies=9, bulk=True),
     Case("n64 f1 wg2 x2 CTAs + stage bulk copies (wg64x128)", 64, 1, 2, 2, copies=3, bulk=True),
     Case("n64 f4 wg2 + load + stage bulk copies (wg64x512)", 64, 4, 2, 1, alu=36, fma=26, copies=6, bulk=True),
+    # The parts of wg64x512's step: its copies without the load, and the load with only the weights' bytes (16 of
+    # their 18 KB: whole copies per thread) or only x's 8 KB.
+    Case("n64 f4 wg2 + stage copies, no load (wg64x512)", 64, 4, 2, 1, copies=6),
+    Case("n64 f4 wg2 + load + 16 KB weight copies (wg64x512)", 64, 4, 2, 1, alu=36, fma=26, copies=4),
+    Case("n64 f4 wg2 + load + 8 KB x copies (wg64x512)", 64, 4, 2, 1, alu=36, fma=26, copies=2),
+    # 16 KB of copies cost as much as 26 and 8 KB most of it: is it the barrier they come with?
+    Case("n64 f4 wg2 + load + barrier per k-tile (wg64x512)", 64, 4, 2, 1, alu=36, fma=26, sync=True),
+    Case("n64 f4 wg2 + load + stage copies, no barrier (wg64x512)", 64, 4, 2, 1, alu=36, fma=26, copies=6,
+         nobar=True),
+    Case("n256 f1 wg2 + stage copies, no barrier (wg256x128)", 256, 1, 2, 1, copies=9, nobar=True),
 ]
 
 SOURCE = r"""
@@ -149,13 +160,13 @@ namespace nvfp4 {
 // Per 64-wide k-tile (4 steps), as the kernel's stage pipeline: COPIES > 0: wait for the k-tile's copies, barrier,
 // then COPIES 16-byte cp.async per thread of the k-tile two ahead from src (L2-resident) into a 4-slot ring after
 // the B tile that nothing reads (BULK: the same bytes as 4 bulk copies issued by thread 0, completing on the
-// slot's mbarrier); SYNC: the barrier alone.
+// slot's mbarrier); SYNC: the barrier alone; NOBAR: the copies without the barrier.
 template <int ALU_, int FMA_, int WIDE_, int IMAD_, int SHF_, int PRMT_, int LDS_, int LDS_WAYS_, int COPIES_,
-          bool SYNC_, bool BULK_>
+          bool SYNC_, bool BULK_, bool NOBAR_>
 struct Load {
   static constexpr int ALU = ALU_, FMA = FMA_, WIDE = WIDE_, IMAD = IMAD_, SHF = SHF_, PRMT = PRMT_, LDS = LDS_,
                        LDS_WAYS = LDS_WAYS_, COPIES = COPIES_;
-  static constexpr bool SYNC = SYNC_ || COPIES_ > 0, BULK = BULK_;
+  static constexpr bool SYNC = (SYNC_ || COPIES_ > 0) && !NOBAR_, BULK = BULK_;
   static constexpr int ring_bytes(int threads) { return 4 * COPIES * threads * 16; }
 };
 // SPLIT (WG = 2): warpgroup 0 only issues MMAs, twice per step (both warpgroups' share, into the same
@@ -233,12 +244,12 @@ __global__ void __launch_bounds__(128 * WG) wgmma_ceiling_kernel(float* out, uns
   __syncthreads();
   const long long t0 = clock64();
   for (int s = 0; s < steps; ++s) {
-    if (L::SYNC && s % 4 == 0) {
+    if ((L::SYNC || L::COPIES > 0) && s % 4 == 0) {
       if constexpr (L::COPIES > 0) {
         wait_tile(s / 4);
         fence_proxy_async_shared();
       }
-      __syncthreads();
+      if constexpr (L::SYNC) __syncthreads();
       if constexpr (L::COPIES > 0) copy_tile(s / 4 + 2);
     }
     if (runs_load) {
@@ -348,7 +359,7 @@ def cuda_source(indices: list[int]) -> str:
 
     def launch(c: Case) -> str:
         load = (f"Load<{c.alu}, {c.fma}, {c.wide}, {c.imad}, {c.shf}, {c.prmt}, {c.lds}, {c.lds_ways}, {c.copies}, "
-                f"{flag(c.sync)}, {flag(c.bulk)}>")
+                f"{flag(c.sync)}, {flag(c.bulk)}, {flag(c.nobar)}>")
         return (f"launch<{c.n}, {c.frags}, {c.wg}, {flag(c.touch)}, {c.depth}, {load}, {flag(c.feed)}, {flag(c.ss)}, "
                 f"{flag(c.mma)}, {flag(c.split)}>")
 
