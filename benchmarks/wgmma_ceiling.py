@@ -48,15 +48,16 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 Case = collections.namedtuple(
-    "Case", "name n frags wg ctas touch depth alu fma feed ss mma split wide imad shf prmt lds lds_ways copies sync sms bulk nobar",
-    defaults=(False, 1, 0, 0, False, False, True, False, 0, 0, 0, 0, 0, 1, 0, False, 0, False, False))
+    "Case", "name n frags wg ctas touch depth alu fma feed ss mma split wide imad shf prmt lds lds_ways copies sync sms bulk nobar ldg",
+    defaults=(False, 1, 0, 0, False, False, True, False, 0, 0, 0, 0, 0, 1, 0, False, 0, False, False, 0))
 # cuda_source() instantiates the kernel for the chosen cases of this list. alu / fma / wide / imad / shf / prmt /
 # lds: instructions per warp per k16 step (lds_ways: lanes per bank of each shared-memory load); the wg64x512 main
 # loop issues about 36 on the ALU pipe and 26 on the FMA pipe per step (ncu, thirteenth session). copies: 16-byte
 # cp.async per thread per 64-wide k-tile (4 steps), with the kernel's barrier per k-tile; sync: the barrier alone.
 # sms: run on that many SMs (ctas CTAs each) instead of all. bulk: the same bytes as 4 bulk copies per k-tile (one
 # thread issues them, an mbarrier per ring slot says they landed), not cp.async by every thread. nobar: the copies
-# without the barrier (each thread waits for its own; nothing reads them, so nothing else needs it).
+# without the barrier (each thread waits for its own; nothing reads them, so nothing else needs it). ldg: 16-byte
+# loads per thread per step from L2 straight into registers, 4 steps ahead, as the decode kernels take their weights.
 CASES = [
     Case("n256 f1 wg2 (reference)", 256, 1, 2, 1),
     Case("n64 f4 wg2 (wg64x512)", 64, 4, 2, 1),
@@ -139,6 +140,12 @@ CASES = [
     Case("n64 f4 wg2 + load + stage copies, no barrier (wg64x512)", 64, 4, 2, 1, alu=36, fma=26, copies=6,
          nobar=True),
     Case("n256 f1 wg2 + stage copies, no barrier (wg256x128)", 256, 1, 2, 1, copies=9, nobar=True),
+    # The other structure for the weights: straight into registers (the stream-wgmma kernel's), x alone through
+    # shared memory. wg64x512's 16 KB of weights per k-tile are 1 load per thread and step.
+    Case("weights by LDG alone (no MMA)", 64, 4, 2, 1, ldg=1, mma=False),
+    Case("n64 f4 wg2 + load + weights by LDG (wg64x512)", 64, 4, 2, 1, alu=36, fma=26, ldg=1),
+    Case("n64 f4 wg2 + load + weights by LDG + 8 KB x copies (wg64x512)", 64, 4, 2, 1, alu=36, fma=26, ldg=1,
+         copies=2),
 ]
 
 SOURCE = r"""
@@ -161,11 +168,13 @@ namespace nvfp4 {
 // then COPIES 16-byte cp.async per thread of the k-tile two ahead from src (L2-resident) into a 4-slot ring after
 // the B tile that nothing reads (BULK: the same bytes as 4 bulk copies issued by thread 0, completing on the
 // slot's mbarrier); SYNC: the barrier alone; NOBAR: the copies without the barrier.
+// LDG: 16-byte loads per thread and step from src into a register ring 4 steps deep (each step XORs the words
+// loaded 4 steps earlier into t, then loads those of 4 steps later into their slot).
 template <int ALU_, int FMA_, int WIDE_, int IMAD_, int SHF_, int PRMT_, int LDS_, int LDS_WAYS_, int COPIES_,
-          bool SYNC_, bool BULK_, bool NOBAR_>
+          bool SYNC_, bool BULK_, bool NOBAR_, int LDG_>
 struct Load {
   static constexpr int ALU = ALU_, FMA = FMA_, WIDE = WIDE_, IMAD = IMAD_, SHF = SHF_, PRMT = PRMT_, LDS = LDS_,
-                       LDS_WAYS = LDS_WAYS_, COPIES = COPIES_;
+                       LDS_WAYS = LDS_WAYS_, COPIES = COPIES_, LDG = LDG_;
   static constexpr bool SYNC = (SYNC_ || COPIES_ > 0) && !NOBAR_, BULK = BULK_;
   static constexpr int ring_bytes(int threads) { return 4 * COPIES * threads * 16; }
 };
@@ -174,7 +183,7 @@ struct Load {
 template <int N, int FRAGS, int WG, bool TOUCH, int DEPTH, class L, bool FEED, bool SS, bool MMA, bool SPLIT>
 __global__ void __launch_bounds__(128 * WG) wgmma_ceiling_kernel(float* out, unsigned long long* cycles, int steps,
                                                                  uint32_t k, uint32_t one, const uint8_t* src,
-                                                                 int src_tiles) {
+                                                                 int src_tiles, int src_bytes) {
   static_assert(!SPLIT || (WG == 2 && MMA && !FEED && !TOUCH), "split: one MMA and one load warpgroup");
   static_assert(L::WIDE + L::IMAD + L::SHF + L::PRMT == 0 || !FEED, "v arbitrary: it cannot be the A operand");
   static_assert((L::LDS_WAYS * 32 + 31) * 4 <= N * 128, "the loads stay inside the B tile");
@@ -241,9 +250,32 @@ __global__ void __launch_bounds__(128 * WG) wgmma_ceiling_kernel(float* out, uns
     }
   };
   if constexpr (L::COPIES > 0) copy_tile(0), copy_tile(1);
+  constexpr int LDG_SLOTS = L::LDG > 0 ? L::LDG : 1;
+  const int ldg_step_bytes = LDG_SLOTS * blockDim.x * 16;
+  const uint8_t* ldg_end = src + src_bytes / ldg_step_bytes * ldg_step_bytes;
+  const uint8_t* ldg_next = src + (blockIdx.x * 7 % (src_bytes / ldg_step_bytes)) * ldg_step_bytes;
+  uint4 held[4][LDG_SLOTS];  // the LDG ring
+  auto ldg_step = [&](uint4 (&to)[LDG_SLOTS]) {  // the next step's loads, the pointer wrapping inside src
+#pragma unroll
+    for (int i = 0; i < L::LDG; ++i)
+      asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
+                   : "=r"(to[i].x), "=r"(to[i].y), "=r"(to[i].z), "=r"(to[i].w)
+                   : "l"(ldg_next + (i * blockDim.x + threadIdx.x) * 16));
+    ldg_next += ldg_step_bytes;
+    if (ldg_next == ldg_end) ldg_next = src;
+  };
+  if constexpr (L::LDG > 0)
+    for (int slot = 0; slot < 4; ++slot) ldg_step(held[slot]);
   __syncthreads();
   const long long t0 = clock64();
-  for (int s = 0; s < steps; ++s) {
+  // One k16 step; slot (a compile-time constant): the LDG ring's slot of this step.
+  auto step = [&](int s, auto slot) {
+    if constexpr (L::LDG > 0) {
+      constexpr int j = decltype(slot)::value;
+#pragma unroll
+      for (int i = 0; i < L::LDG; ++i) t[i % 16] ^= held[j][i].x ^ held[j][i].y ^ held[j][i].z ^ held[j][i].w;
+      ldg_step(held[j]);
+    }
     if ((L::SYNC || L::COPIES > 0) && s % 4 == 0) {
       if constexpr (L::COPIES > 0) {
         wait_tile(s / 4);
@@ -300,9 +332,20 @@ __global__ void __launch_bounds__(128 * WG) wgmma_ceiling_kernel(float* out, uns
         for (int r = 0; r < 4; ++r) a_running[j][r] = a[j][r];
       }
     }
+  };
+  using Slot0 = std::integral_constant<int, 0>;
+  if constexpr (L::LDG > 0) {  // 4 steps per iteration: each with its ring slot in registers
+    for (int s = 0; s < steps; s += 4)
+      step(s, Slot0()), step(s + 1, std::integral_constant<int, 1>()), step(s + 2, std::integral_constant<int, 2>()),
+          step(s + 3, std::integral_constant<int, 3>());
+  } else {
+    for (int s = 0; s < steps; ++s) step(s, Slot0());
   }
   wgmma_wait<0>();
   cp_async_wait<0>();
+  if constexpr (L::LDG > 0)  // the ring's last loads: t keeps them live
+#pragma unroll
+    for (int j = 0; j < 4; ++j) t[j] ^= held[j][0].x;
   if constexpr (L::BULK) {  // the two k-tiles copied ahead: no bulk copy may still write when the CTA exits
     const int tiles = (steps + 3) / 4;
     wait_tile(tiles), wait_tile(tiles + 1);
@@ -333,7 +376,8 @@ void launch(at::Tensor out, at::Tensor cycles, int64_t blocks, int64_t steps) {
   static const at::Tensor* src = new at::Tensor(at::empty({8 << 20}, out.options().dtype(at::kByte)));
   const int src_tiles = L::COPIES > 0 ? static_cast<int>(src->numel() / (L::ring_bytes(128 * WG) / 4)) : 1;
   kernel<<<blocks, 128 * WG, smem, c10::cuda::getCurrentCUDAStream()>>>(
-      out.data_ptr<float>(), cycles_out, steps, 0x5A5A1234u, 0x3F803F80u, src->data_ptr<uint8_t>(), src_tiles);
+      out.data_ptr<float>(), cycles_out, steps, 0x5A5A1234u, 0x3F803F80u, src->data_ptr<uint8_t>(), src_tiles,
+      static_cast<int>(src->numel()));
 }
 
 }  // namespace nvfp4
@@ -359,7 +403,7 @@ def cuda_source(indices: list[int]) -> str:
 
     def launch(c: Case) -> str:
         load = (f"Load<{c.alu}, {c.fma}, {c.wide}, {c.imad}, {c.shf}, {c.prmt}, {c.lds}, {c.lds_ways}, {c.copies}, "
-                f"{flag(c.sync)}, {flag(c.bulk)}, {flag(c.nobar)}>")
+                f"{flag(c.sync)}, {flag(c.bulk)}, {flag(c.nobar)}, {c.ldg}>")
         return (f"launch<{c.n}, {c.frags}, {c.wg}, {flag(c.touch)}, {c.depth}, {load}, {flag(c.feed)}, {flag(c.ss)}, "
                 f"{flag(c.mma)}, {flag(c.split)}>")
 
@@ -406,6 +450,8 @@ def main() -> None:
     parser.add_argument("--cases", default="", help="regular expression: only the cases whose name it matches "
                         "(and the n256 reference, which the shares are of)")
     args = parser.parse_args()
+    if args.steps % 4:
+        parser.error("--steps: a multiple of 4 (whole k-tiles; the LDG cases run 4 steps per iteration)")
     indices = case_indices(args.cases)
     props = torch.cuda.get_device_properties(0)
     print(f"device: {props.name} ({props.multi_processor_count} SMs), torch {torch.__version__}")
