@@ -27,7 +27,8 @@ cost far more than their pipe time.
 Fifteenth session: bank-conflicted weight loads cost the MMAs 2-3%. The stage copies are what the MMAs meet: the
 bytes of a k-tile landing in shared memory (cp.async by every thread or bulk copies by one, about the same) take
 wg256x128's pattern from 256 to 336 cycles per step and wg64x512's with its load from 356 to ~500, which is the
-kernel's own pace at M = 64 (docs/kernels.md "Fifteenth session").
+kernel's own pace at M = 64 (docs/kernels.md "Fifteenth session"). Not the barrier, and not in proportion to
+the bytes; the weights' bytes loaded straight into registers instead cost less (445 with x's copies).
 
     python3 benchmarks/wgmma_ceiling.py [--cases REGEX]   (needs an sm_90 GPU and nvcc; builds with torch's
                                                            cpp_extension; --cases: only those, faster to build)
