@@ -185,7 +185,7 @@ struct Load {
 template <int N, int FRAGS, int WG, bool TOUCH, int DEPTH, class L, bool FEED, bool SS, bool MMA, bool SPLIT>
 __global__ void __launch_bounds__(128 * WG) wgmma_ceiling_kernel(float* out, unsigned long long* cycles, int steps,
                                                                  uint32_t k, uint32_t one, const uint8_t* src,
-                                                                 int src_tiles, int src_bytes) {
+                                                                 int src_bytes) {
   static_assert(!SPLIT || (WG == 2 && MMA && !FEED && !TOUCH), "split: one MMA and one load warpgroup");
   static_assert(L::WIDE + L::IMAD + L::SHF + L::PRMT == 0 || !FEED, "v arbitrary: it cannot be the A operand");
   static_assert((L::LDS_WAYS * 32 + 31) * 4 <= N * 128, "the loads stay inside the B tile");
@@ -214,6 +214,7 @@ __global__ void __launch_bounds__(128 * WG) wgmma_ceiling_kernel(float* out, uns
   const uint32_t lds_addr = smem_addr(smem) + 4 * L::LDS_WAYS * (threadIdx.x % 32);
   uint8_t* ring = smem + (N + (SS ? 64 : 0)) * 128;
   const int tile_bytes = L::COPIES * blockDim.x * 16;
+  const int src_tiles = L::COPIES > 0 ? src_bytes / tile_bytes : 1;  // whole k-tiles of copies in src
   __shared__ __align__(8) uint64_t landed[4];  // BULK: the ring slots' mbarriers
   if (L::BULK && threadIdx.x == 0) {
     for (int i = 0; i < 4; ++i) asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(smem_addr(&landed[i])));
@@ -376,9 +377,8 @@ void launch(at::Tensor out, at::Tensor cycles, int64_t blocks, int64_t steps) {
   // The copies' source: 8 MB, held by L2 (50 MB) as the kernel's activations are; what it holds is never read.
   // Never freed: no tensor destructor runs at exit, after the CUDA context is gone.
   static const at::Tensor* src = new at::Tensor(at::empty({8 << 20}, out.options().dtype(at::kByte)));
-  const int src_tiles = L::COPIES > 0 ? static_cast<int>(src->numel() / (L::ring_bytes(128 * WG) / 4)) : 1;
   kernel<<<blocks, 128 * WG, smem, c10::cuda::getCurrentCUDAStream()>>>(
-      out.data_ptr<float>(), cycles_out, steps, 0x5A5A1234u, 0x3F803F80u, src->data_ptr<uint8_t>(), src_tiles,
+      out.data_ptr<float>(), cycles_out, steps, 0x5A5A1234u, 0x3F803F80u, src->data_ptr<uint8_t>(),
       static_cast<int>(src->numel()));
 }
 
